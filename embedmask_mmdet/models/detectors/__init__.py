@@ -1,0 +1,3 @@
+from .embedmask import EmbedMask
+
+__all__ = ['EmbedMask']

@@ -1,0 +1,3 @@
+from .lovasz_hinge_loss import LovaszHingeLoss, lovasz_hinge
+
+__all__ = ['LovaszHingeLoss', 'lovasz_hinge']

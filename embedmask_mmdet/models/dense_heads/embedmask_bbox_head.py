@@ -1,0 +1,257 @@
+"""EmbedMask box head: FCOS plus a proposal embedding and margin per location."""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import Scale
+from mmdet.models.dense_heads import CondInstBboxHead, FCOSHead
+from mmdet.models.utils import multi_apply
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import distance2bbox
+from mmdet.utils import InstanceList
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from ..utils import prior_margin_bias, proposal_margin
+
+PROPOSAL_HEADS = ('conv1_conv3', 'conv3')
+MARGIN_TYPES = ('per_dim', 'scalar', 'fixed')
+SCORE_TYPES = ('cls_ctr', 'sqrt_cls_ctr')
+
+
+def _check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f'EmbedMaskBboxHead: {name}={value!r} is not supported; '
+                         f'use one of {tuple(choices)}')
+
+
+class ProposalEmbeddingHead(nn.Module):
+    """Predicts the raw proposal embedding and log-margin from the box tower.
+
+    ``conv1_conv3`` (AdelaiDet port): a 1x1 conv to ``channels`` before each
+    3x3 prediction conv; ``conv3`` (authors' FCOS repo): 3x3 convs directly on
+    the tower. The margin branch sees the tower divided by
+    ``margin_reduce_factor`` so that exp() starts in a tame range.
+
+    Output: (B, 2D, H, W) = [embedding conv output (D), log-margin (D)].
+    The spatial log-margins are multiplied by a per-level scale by the caller.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, proposal_head: str,
+                 margin_type: str, prior_margin: float,
+                 margin_reduce_factor: float, channels: int = 128) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.margin_type = margin_type
+        self.margin_reduce_factor = margin_reduce_factor
+        self.margin_bias = prior_margin_bias(prior_margin)
+        pred_in = channels if proposal_head == 'conv1_conv3' else in_channels
+
+        def reduce_conv():
+            if proposal_head != 'conv1_conv3':
+                return nn.Identity()
+            return nn.Conv2d(in_channels, channels, 1)
+
+        self.embed_reduce = reduce_conv()
+        self.embed_conv = nn.Conv2d(pred_in, embed_dim, 3, padding=1)
+        if margin_type == 'fixed':
+            self.register_buffer('fixed_log_margin',
+                                 torch.tensor(self.margin_bias),
+                                 persistent=False)
+        else:
+            self.margin_reduce = reduce_conv()
+            self.margin_conv = nn.Conv2d(
+                pred_in, embed_dim if margin_type == 'per_dim' else 1, 3,
+                padding=1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Normal(0.01) convs; margin bias log(ln2/m^2) so p(m) = 0.5 at init.
+
+        Called again by mmengine after the head's ``init_cfg`` (which would
+        otherwise reset the margin bias to 0)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        if self.margin_type != 'fixed':
+            nn.init.constant_(self.margin_conv.bias, self.margin_bias)
+
+    def forward(self, tower_feat: Tensor) -> Tuple[Tensor, Tensor]:
+        """Returns embedding conv output and log-margin, each (B, D, H, W)."""
+        embed = self.embed_conv(self.embed_reduce(tower_feat))
+        b, _, h, w = tower_feat.shape
+        if self.margin_type == 'fixed':
+            log_margin = self.fixed_log_margin.expand(b, self.embed_dim, h, w)
+        else:
+            log_margin = self.margin_conv(
+                self.margin_reduce(tower_feat / self.margin_reduce_factor))
+            log_margin = log_margin.expand(b, self.embed_dim, h, w)
+        return embed, log_margin
+
+
+@MODELS.register_module()
+class EmbedMaskBboxHead(CondInstBboxHead):
+    """FCOS head that also predicts, at every location, the proposal embedding
+    q (D values) and the proposal margin s (D values) of EmbedMask.
+
+    Reuses ``CondInstBboxHead`` for target assignment (positives with their gt
+    indices), ``get_positive_infos`` and carrying per-location parameters
+    through NMS: its ``param_preds`` are here [embedding conv output, margin],
+    which :meth:`get_positive_infos` and :meth:`predict_by_feat` split into the
+    ``embeddings`` and ``margins`` fields. Image coordinates are added to the
+    spatial embedding by the mask head, which owns the coordinate scale shared
+    by proposals and pixels.
+
+    Args:
+        embed_dim (int): D, the embedding size (2 spatial + D-2 free).
+        prior_margin (float): m, the distance at which p = 0.5 at init.
+        margin_reduce_factor (float): The margin conv sees tower / this.
+        proposal_head (str): 'conv1_conv3' (AdelaiDet) or 'conv3' (FCOS repo).
+        proposal_channels (int): Width of the 1x1 reduce conv of 'conv1_conv3'.
+        margin_type (str): 'per_dim' (one s per dimension), 'scalar' (one s
+            shared by all dimensions, arXiv v1/v2) or 'fixed' (ln2/m^2).
+        sample_in_mask (bool): A location is positive only if it lies inside
+            its gt mask (FCOS-repo design).
+    """
+
+    def __init__(self,
+                 *args,
+                 embed_dim: int = 16,
+                 prior_margin: float = 2.0,
+                 margin_reduce_factor: float = 32.,
+                 proposal_head: str = 'conv1_conv3',
+                 proposal_channels: int = 128,
+                 margin_type: str = 'per_dim',
+                 sample_in_mask: bool = False,
+                 **kwargs) -> None:
+        if not isinstance(embed_dim, int) or embed_dim < 3:
+            raise ValueError('EmbedMaskBboxHead: embed_dim must be an int >= 3 '
+                             f'(2 spatial + at least 1 free), got {embed_dim!r}')
+        if prior_margin <= 0:
+            raise ValueError('EmbedMaskBboxHead: prior_margin must be > 0, got '
+                             f'{prior_margin!r}')
+        if margin_reduce_factor <= 0:
+            raise ValueError('EmbedMaskBboxHead: margin_reduce_factor must be '
+                             f'> 0, got {margin_reduce_factor!r}')
+        _check_choice('proposal_head', proposal_head, PROPOSAL_HEADS)
+        _check_choice('margin_type', margin_type, MARGIN_TYPES)
+        self.embed_dim = embed_dim
+        self.prior_margin = prior_margin
+        self.margin_reduce_factor = margin_reduce_factor
+        self.proposal_head = proposal_head
+        self.proposal_channels = proposal_channels
+        self.margin_type = margin_type
+        self.sample_in_mask = sample_in_mask
+        super().__init__(*args, num_params=2 * embed_dim, **kwargs)
+        test_cfg = self.test_cfg or {}
+        _check_choice('test_cfg.score_type', test_cfg.get('score_type', 'cls_ctr'),
+                      SCORE_TYPES)
+
+    def _init_layers(self) -> None:
+        # FCOS towers and predictors; CondInst's dynamic-parameter conv is
+        # replaced by the embedding/margin head
+        FCOSHead._init_layers(self)
+        self.controller = ProposalEmbeddingHead(
+            self.feat_channels, self.embed_dim, self.proposal_head,
+            self.margin_type, self.prior_margin, self.margin_reduce_factor,
+            self.proposal_channels)
+        self.margin_scales = nn.ModuleList(
+            [Scale(1.0) for _ in self.strides])
+
+    def forward(self, x: Tuple[Tensor]) -> Tuple[List[Tensor], ...]:
+        """Returns cls scores, bbox preds, centernesses and param preds
+        ([embedding, margin], 2D channels) of every level."""
+        return multi_apply(self.forward_single, x, self.scales, self.strides,
+                           self.margin_scales)
+
+    def forward_single(self, x: Tensor, scale: Scale, stride: int,
+                       margin_scale: Optional[Scale] = None
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        cls_score, bbox_pred, cls_feat, reg_feat = \
+            super(FCOSHead, self).forward_single(x)
+        centerness = self.conv_centerness(
+            reg_feat if self.centerness_on_reg else cls_feat)
+        bbox_pred = scale(bbox_pred).float()
+        if self.norm_on_bbox:
+            bbox_pred = bbox_pred.clamp(min=0)
+            if not self.training:
+                bbox_pred = bbox_pred * stride
+        else:
+            bbox_pred = bbox_pred.exp()
+        embed, log_margin = self.controller(reg_feat)
+        if margin_scale is not None and self.margin_type == 'per_dim':
+            # per-level scale on the spatial margins: objects of different
+            # levels have different extents in image coordinates
+            log_margin = torch.cat(
+                [margin_scale(log_margin[:, :2]), log_margin[:, 2:]], dim=1)
+        param_pred = torch.cat([embed, proposal_margin(log_margin)], dim=1)
+        return cls_score, bbox_pred, centerness, param_pred
+
+    def loss_by_feat(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
+                     centernesses: List[Tensor], param_preds: List[Tensor],
+                     batch_gt_instances: InstanceList,
+                     batch_img_metas: List[dict],
+                     batch_gt_instances_ignore=None) -> Dict[str, Tensor]:
+        losses = super().loss_by_feat(cls_scores, bbox_preds, centernesses,
+                                      param_preds, batch_gt_instances,
+                                      batch_img_metas,
+                                      batch_gt_instances_ignore)
+        # predicted boxes choose the best proposal per gt (best_iou_per_gt)
+        self._raw_positive_infos.update(bbox_preds=bbox_preds)
+        return losses
+
+    def _get_targets_single(self, gt_instances: InstanceData, points: Tensor,
+                            regress_ranges: Tensor,
+                            num_points_per_lvl: List[int]):
+        labels, bbox_targets, pos_inds, pos_gt_inds = \
+            super()._get_targets_single(gt_instances, points, regress_ranges,
+                                        num_points_per_lvl)
+        if not self.sample_in_mask or len(pos_inds) == 0:
+            return labels, bbox_targets, pos_inds, pos_gt_inds
+        masks = gt_instances.masks.to_tensor(
+            dtype=torch.bool, device=points.device)
+        pos_points = points[pos_inds].long()
+        xs = pos_points[:, 0].clamp(0, masks.size(2) - 1)
+        ys = pos_points[:, 1].clamp(0, masks.size(1) - 1)
+        inside = masks[pos_gt_inds, ys, xs]
+        labels[pos_inds[~inside]] = self.num_classes
+        return labels, bbox_targets, pos_inds[inside], pos_gt_inds[inside]
+
+    def get_positive_infos(self) -> InstanceList:
+        """Positives of each image with ``embeddings``, ``margins``,
+        ``points``, ``strides``, detached predicted ``bboxes``, scores,
+        centernesses and ``pos_assigned_gt_inds``."""
+        positive_infos = super().get_positive_infos()
+        num_imgs = len(positive_infos)
+        bbox_preds = torch.cat([
+            b.permute(0, 2, 3, 1).reshape(num_imgs, -1, 4)
+            for b in self._raw_positive_infos['bbox_preds']
+        ], dim=1)
+        for img_id, info in enumerate(positive_infos):
+            self._split_params(info)
+            # training-mode regressions are normalised by the stride
+            distances = bbox_preds[img_id][info.pos_inds].detach()
+            if self.norm_on_bbox:
+                distances = distances * info.strides[:, None]
+            info.bboxes = distance2bbox(info.points, distances)
+        return positive_infos
+
+    def _split_params(self, results: InstanceData) -> InstanceData:
+        params = results.pop('param_preds')
+        results.embeddings = params[:, :self.embed_dim]
+        results.margins = params[:, self.embed_dim:]
+        return results
+
+    def _predict_by_feat_single(self, *args, **kwargs) -> InstanceData:
+        """Boxes after NMS, each carrying its ``embeddings``, ``margins`` and
+        FCOS ``points``/``strides``; scores per ``test_cfg.score_type``."""
+        results = self._split_params(
+            super()._predict_by_feat_single(*args, **kwargs))
+        cfg = kwargs.get('cfg') or self.test_cfg
+        if cfg.get('thresh_with_ctr', False):
+            # AdelaiDet thresholds cls x ctr, mmdet's FCOS thresholds cls
+            results = results[results.scores > cfg.get('score_thr', 0.)]
+        if cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
+            results.scores = results.scores.sqrt()
+        return results

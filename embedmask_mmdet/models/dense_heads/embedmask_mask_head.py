@@ -1,0 +1,400 @@
+"""EmbedMask mask head: pixel embedding, mask probability, mask and semantic losses."""
+import copy
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmdet.models.dense_heads.base_mask_head import BaseMaskHead
+from mmdet.models.dense_heads.condinst_head import MaskFeatModule
+from mmdet.models.utils.misc import empty_instances
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import bbox_overlaps
+from mmdet.utils import ConfigType, InstanceList, OptConfigType
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from ..utils import (location_map, mask_logit, mask_probability,
+                     spatial_embedding)
+
+# The two published pixel branches, as MaskFeatModule settings (levels are
+# indices into the neck outputs, 0 = P3).
+PIXEL_BRANCHES = {
+    # AdelaiDet port: P3-P5 fused, 4 BN convs, p at stride 8, upsampled.
+    'p3p5_fusion': dict(start_level=0, end_level=2, feat_channels=128,
+                        num_stacked_convs=4, norm_cfg=dict(type='BN'),
+                        upsample_embedding=False),
+    # authors' FCOS repo (v3): GN tower on P3 only, embedding upsampled x2
+    # to stride 4 before p.
+    'p3_tower': dict(start_level=0, end_level=0, feat_channels=256,
+                     num_stacked_convs=3,
+                     norm_cfg=dict(type='GN', num_groups=32),
+                     upsample_embedding=True),
+}
+SAMPLINGS = ('all_positives', 'best_iou_per_gt')
+
+
+@MODELS.register_module()
+class EmbedMaskMaskHead(BaseMaskHead):
+    """Pixel-embedding branch and mask generation of EmbedMask.
+
+    The mask of proposal k is {i : p_ik > mask_thr} with
+    p_ik = exp(-Σ_d s_kd (x_id - q_kd)^2), x the pixel embedding, (q_k, s_k)
+    the proposal embedding and margin carried by the box head's positives
+    (training) or detections (test).
+
+    Args:
+        num_classes (int): Number of classes (semantic loss).
+        in_channels (int): Channels of the neck outputs.
+        embed_dim (int): D, must equal the box head's.
+        pixel_branch (dict): ``type`` in ``PIXEL_BRANCHES`` plus overrides of
+            its MaskFeatModule settings.
+        with_coords (bool): Add image coordinates / ``coord_norm`` to the two
+            spatial channels of both embeddings.
+        learnable_coord_scale (bool): Multiply the coordinates by one learnable
+            scalar shared by proposals and pixels (FCOS-repo design).
+        mask_out_stride (int): Stride of the masks the loss sees.
+        sampling (str): Proposals trained per gt: 'all_positives' (AdelaiDet)
+            or 'best_iou_per_gt' (FCOS repo: the positive whose predicted box
+            best overlaps its gt).
+        max_masks_to_train (int): Random cap on trained masks per batch (-1:
+            none); bounds memory on crowded images.
+        prob_eps (float): p is clamped to [eps, 1-eps] before the logit.
+        loss_mask (dict): Loss on mask logits (LovaszHingeLoss, or mmdet's
+            DiceLoss / CrossEntropyLoss with use_sigmoid=True).
+        loss_semantic (dict, optional): Auxiliary semantic focal loss on P3.
+        semantic_channels (int): Width of the semantic branch.
+    """
+
+    def __init__(self,
+                 num_classes: int,
+                 in_channels: int = 256,
+                 embed_dim: int = 16,
+                 pixel_branch: ConfigType = dict(type='p3p5_fusion'),
+                 with_coords: bool = True,
+                 learnable_coord_scale: bool = False,
+                 coord_norm: float = 100.,
+                 mask_out_stride: int = 4,
+                 sampling: str = 'all_positives',
+                 max_masks_to_train: int = 500,
+                 prob_eps: float = 1e-6,
+                 loss_mask: ConfigType = dict(
+                     type='LovaszHingeLoss', loss_weight=1.0),
+                 loss_semantic: OptConfigType = None,
+                 semantic_channels: int = 128,
+                 train_cfg: OptConfigType = None,
+                 test_cfg: OptConfigType = None,
+                 init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(embed_dim, int) or embed_dim < 3:
+            raise ValueError('EmbedMaskMaskHead: embed_dim must be an int >= 3 '
+                             f'(2 spatial + at least 1 free), got {embed_dim!r}')
+        if sampling not in SAMPLINGS:
+            raise ValueError(f'EmbedMaskMaskHead: sampling={sampling!r} is not '
+                             f'supported; use one of {SAMPLINGS}')
+        if not 0 < prob_eps < 0.5:
+            raise ValueError(f'EmbedMaskMaskHead: prob_eps must be in (0, 0.5), '
+                             f'got {prob_eps!r}')
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.embed_dim = embed_dim
+        self.with_coords = with_coords
+        self.coord_norm = coord_norm
+        self.mask_out_stride = mask_out_stride
+        self.sampling = sampling
+        self.max_masks_to_train = max_masks_to_train
+        self.prob_eps = prob_eps
+        self.train_cfg = train_cfg
+        self.test_cfg = self._check_test_cfg(test_cfg)
+        if learnable_coord_scale:
+            self.coord_scale = nn.Parameter(torch.ones(()))
+        else:
+            self.register_buffer('coord_scale', torch.tensor(
+                1. if with_coords else 0.), persistent=False)
+        self._init_pixel_branch(pixel_branch)
+        self.loss_mask = MODELS.build(loss_mask)
+        self.loss_semantic = None
+        if loss_semantic is not None:
+            self.loss_semantic = MODELS.build(loss_semantic)
+            self._init_semantic_branch(semantic_channels)
+
+    @staticmethod
+    def _check_test_cfg(test_cfg: OptConfigType) -> OptConfigType:
+        if test_cfg is None:
+            return test_cfg
+        thr = test_cfg.get('mask_thr', 0.5)
+        if not 0 < thr < 1:
+            raise ValueError(f'test_cfg.mask_thr must be in (0, 1), got {thr!r}')
+        return test_cfg
+
+    def _init_pixel_branch(self, pixel_branch: ConfigType) -> None:
+        cfg = dict(pixel_branch)
+        branch_type = cfg.pop('type', 'p3p5_fusion')
+        if branch_type not in PIXEL_BRANCHES:
+            raise ValueError(
+                f'EmbedMaskMaskHead: pixel_branch.type={branch_type!r} is not '
+                f'supported; use one of {tuple(PIXEL_BRANCHES)}')
+        settings = copy.deepcopy(PIXEL_BRANCHES[branch_type])
+        settings.update(cfg)
+        self.pixel_branch_type = branch_type
+        self.upsample_embedding = settings.pop('upsample_embedding')
+        self.pixel_stride = settings.pop('mask_stride', 8)
+        self.pixel_branch = MaskFeatModule(
+            in_channels=self.in_channels, out_channels=self.embed_dim,
+            mask_stride=self.pixel_stride, **settings)
+        self.prob_stride = self.pixel_stride // 2 if self.upsample_embedding \
+            else self.pixel_stride
+        self._norm_cfg = settings.get('norm_cfg')
+
+    def _init_semantic_branch(self, channels: int) -> None:
+        self.semantic_convs = nn.Sequential(*[
+            ConvModule(self.in_channels if i == 0 else channels, channels, 3,
+                       padding=1, norm_cfg=self._norm_cfg) for i in range(2)
+        ])
+        self.semantic_logits = nn.Conv2d(channels, self.num_classes, 1)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        # small embedding convs: at init the spatial embedding is the pixel's
+        # coordinates, as in the authors' code
+        nn.init.normal_(self.pixel_branch.conv_pred.weight, std=0.01)
+        nn.init.zeros_(self.pixel_branch.conv_pred.bias)
+        if self.loss_semantic is not None:
+            nn.init.normal_(self.semantic_logits.weight, std=0.01)
+            nn.init.constant_(self.semantic_logits.bias, -math.log(99.))
+
+    # ------------------------------------------------------------------ forward
+    def pixel_embedding(self, x: Tuple[Tensor]) -> Tensor:
+        """Pixel embeddings x_i, (B, D, H, W) at ``self.prob_stride``."""
+        embed = self.pixel_branch(x)
+        stride = self.pixel_stride
+        if self.upsample_embedding:
+            embed = F.interpolate(embed, scale_factor=2, mode='bilinear',
+                                  align_corners=False)
+            stride = stride // 2
+        coords = location_map(*embed.shape[-2:], stride, embed.device,
+                              embed.dtype)
+        return torch.cat([
+            spatial_embedding(embed[:, :2], coords, self.coord_scale,
+                              self.coord_norm), embed[:, 2:]
+        ], dim=1)
+
+    def proposal_embedding(self, instances: InstanceData) -> Tensor:
+        """Proposal embeddings q_k, (N, D): the box head's conv output with the
+        FCOS location's coordinates added to the spatial channels."""
+        embed = instances.embeddings
+        return torch.cat([
+            spatial_embedding(embed[:, :2], instances.points, self.coord_scale,
+                              self.coord_norm), embed[:, 2:]
+        ], dim=1)
+
+    def forward(self, x: Tuple[Tensor], positive_infos=None
+                ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Returns the pixel embeddings and, in training with the semantic
+        loss on, the semantic logits on P3."""
+        pixel_embed = self.pixel_embedding(x)
+        sem_logits = None
+        if self.training and self.loss_semantic is not None:
+            sem_logits = self.semantic_logits(self.semantic_convs(x[0]))
+        return pixel_embed, sem_logits
+
+    def mask_prob_at_out_stride(self, pixel_embed: Tensor,
+                                instances: InstanceData) -> Tensor:
+        """p of ``instances`` on one image at ``mask_out_stride``, (N, h, w)."""
+        prob = mask_probability(pixel_embed, self.proposal_embedding(instances),
+                                instances.margins)
+        factor = self.prob_stride // self.mask_out_stride
+        if factor > 1:
+            # align_corners=False keeps cell centres where the gt is sampled
+            prob = F.interpolate(prob[None], scale_factor=factor,
+                                 mode='bilinear', align_corners=False)[0]
+        return prob
+
+    # --------------------------------------------------------------------- loss
+    def sample_positives(self, positive_infos: InstanceList,
+                         batch_gt_instances: InstanceList) -> InstanceList:
+        """Positives whose masks are trained, per ``self.sampling``."""
+        sampled = []
+        for info, gt in zip(positive_infos, batch_gt_instances):
+            if self.sampling == 'best_iou_per_gt' and len(info) > 0:
+                gt_inds = info.pos_assigned_gt_inds
+                ious = bbox_overlaps(info.bboxes, gt.bboxes[gt_inds],
+                                     is_aligned=True)
+                best = ious.new_full((len(gt), ), -1.).scatter_reduce(
+                    0, gt_inds, ious, reduce='amax')
+                is_best = (ious == best[gt_inds]).nonzero().flatten()
+                # one positive per gt even when IoUs tie
+                _, first = torch.unique(gt_inds[is_best], return_inverse=True)
+                keep = is_best.new_full((int(first.max()) + 1 if len(first) else 0, ),
+                                        len(info))
+                keep = keep.scatter_reduce(0, first, is_best, reduce='amin')
+                info = info[keep]
+            sampled.append(info)
+        total = sum(len(info) for info in sampled)
+        if 0 <= self.max_masks_to_train < total:
+            device = sampled[0].pos_inds.device
+            chosen = torch.zeros(total, dtype=torch.bool, device=device)
+            chosen[torch.randperm(total, device=device)[:self.max_masks_to_train]] = True
+            sampled = [info[sel] for info, sel in
+                       zip(sampled, chosen.split([len(i) for i in sampled]))]
+        return sampled
+
+    def loss_by_feat(self, pixel_embeds: Tensor, sem_logits: Optional[Tensor],
+                     batch_gt_instances: InstanceList,
+                     batch_img_metas: List[dict], positive_infos: InstanceList,
+                     **kwargs) -> dict:
+        """Mask loss on the masks of the sampled positives (mean over
+        instances) and, optionally, the semantic loss."""
+        assert positive_infos is not None, \
+            'EmbedMaskMaskHead needs the positives of the box head'
+        sampled = self.sample_positives(positive_infos, batch_gt_instances)
+        logits, targets = [], []
+        start = self.mask_out_stride // 2
+        for pixel_embed, info, gt in zip(pixel_embeds, sampled,
+                                         batch_gt_instances):
+            if len(info) == 0:
+                continue
+            gt_masks = gt.masks.to_tensor(dtype=torch.bool,
+                                          device=pixel_embed.device)
+            gt_masks = gt_masks[:, start::self.mask_out_stride,
+                                start::self.mask_out_stride]
+            prob = self.mask_prob_at_out_stride(pixel_embed, info)
+            h = min(prob.size(1), gt_masks.size(1))
+            w = min(prob.size(2), gt_masks.size(2))
+            logits.append(mask_logit(prob[:, :h, :w], self.prob_eps))
+            targets.append(gt_masks[info.pos_assigned_gt_inds, :h, :w].float())
+        if logits:
+            loss_mask = self.loss_mask(torch.cat(logits), torch.cat(targets))
+        else:
+            # no positive: exact zero that still reaches every parameter
+            loss_mask = pixel_embeds.sum() * 0. + sum(
+                info.embeddings.sum() * 0. + info.margins.sum() * 0.
+                for info in positive_infos)
+        losses = dict(loss_mask=loss_mask)
+        if sem_logits is not None:
+            losses['loss_semantic'] = self.semantic_loss(
+                sem_logits, batch_gt_instances)
+        return losses
+
+    def semantic_targets(self, batch_gt_instances: InstanceList,
+                         stride: int, size: Tuple[int, int]) -> Tensor:
+        """Class of the smallest gt covering each cell centre, ``num_classes``
+        for background; (B, h, w)."""
+        targets = []
+        for gt in batch_gt_instances:
+            masks = gt.masks.to_tensor(dtype=torch.bool,
+                                       device=gt.labels.device)
+            masks = masks[:, stride // 2::stride, stride // 2::stride]
+            target = gt.labels.new_full(size, self.num_classes)
+            if len(masks):
+                h = min(size[0], masks.size(1))
+                w = min(size[1], masks.size(2))
+                masks = masks[:, :h, :w]
+                areas = masks.flatten(1).sum(1).float()
+                cost = torch.where(masks, areas[:, None, None],
+                                   areas.new_tensor(float('inf')))
+                min_cost, inds = cost.min(dim=0)
+                target[:h, :w] = torch.where(
+                    torch.isinf(min_cost), target[:h, :w], gt.labels[inds])
+            targets.append(target)
+        return torch.stack(targets)
+
+    def semantic_loss(self, sem_logits: Tensor,
+                      batch_gt_instances: InstanceList) -> Tensor:
+        """Focal loss of the auxiliary per-pixel classification on P3."""
+        b, c, h, w = sem_logits.shape
+        stride = self.pixel_stride
+        targets = self.semantic_targets(batch_gt_instances, stride, (h, w))
+        targets = targets.flatten()
+        num_pos = max(float((targets < self.num_classes).sum()), 1.)
+        return self.loss_semantic(
+            sem_logits.permute(0, 2, 3, 1).reshape(-1, c), targets,
+            avg_factor=num_pos)
+
+    # ------------------------------------------------------------------ predict
+    def predict_by_feat(self, pixel_embeds: Tensor, sem_logits: Optional[Tensor],
+                        results_list: InstanceList,
+                        batch_img_metas: List[dict], rescale: bool = True,
+                        **kwargs) -> InstanceList:
+        """Adds boolean ``masks`` at ``ori_shape`` (``img_shape`` when not
+        rescaling) to each image's detections, rescaling their boxes."""
+        assert len(pixel_embeds) == len(results_list) == len(batch_img_metas)
+        cfg = self.test_cfg or {}
+        outputs = []
+        for pixel_embed, results, img_meta in zip(pixel_embeds, results_list,
+                                                  batch_img_metas):
+            if len(results) == 0:
+                outputs.append(empty_instances([img_meta], pixel_embed.device,
+                                               task_type='mask',
+                                               instance_results=[results])[0])
+                continue
+            outputs.append(self._predict_by_feat_single(
+                pixel_embed, results, img_meta, rescale, cfg))
+        return outputs
+
+    def _predict_by_feat_single(self, pixel_embed: Tensor,
+                                results: InstanceData, img_meta: dict,
+                                rescale: bool, cfg) -> InstanceData:
+        img_h, img_w = img_meta['img_shape'][:2]
+        out_h, out_w = img_meta['ori_shape'][:2] if rescale else (img_h, img_w)
+        results = results.clone()
+        scale = results.bboxes.new_tensor([out_w / img_w, out_h / img_h])
+        results.bboxes = results.bboxes * scale.repeat(2)
+        results.bboxes[:, 0::2] = results.bboxes[:, 0::2].clamp(0, out_w)
+        results.bboxes[:, 1::2] = results.bboxes[:, 1::2].clamp(0, out_h)
+        prob = mask_probability(pixel_embed, self.proposal_embedding(results),
+                                results.margins)
+        results.masks = paste_masks(
+            prob, self.prob_stride, (img_h, img_w), (out_h, out_w),
+            threshold=cfg.get('mask_thr', 0.5),
+            boxes=results.bboxes if cfg.get('crop_to_box', False) else None,
+            box_padding=cfg.get('crop_padding', 2) * self.mask_out_stride *
+            float(scale.max()),
+            max_elements=cfg.get('max_paste_elements', 2**25))
+        return results
+
+
+def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
+                out_shape: Tuple[int, int], threshold: float,
+                boxes: Optional[Tensor] = None, box_padding: float = 0.,
+                max_elements: int = 2**25) -> Tensor:
+    """Resamples stride-``stride`` probabilities of the padded input to
+    ``out_shape`` and thresholds them, in chunks of detections.
+
+    ``img_shape`` is the un-padded input size the output covers. With
+    ``boxes`` (N, 4) in output coordinates, pixels farther than
+    ``box_padding`` outside a box are background.
+
+    Returns:
+        Tensor: (N, out_h, out_w) bool.
+    """
+    num, h, w = prob.shape
+    out_h, out_w = out_shape
+    # rows/cols of cells that cover the image, one more for the bilinear
+    # neighbour at its border; the padding beyond is never sampled
+    h = min(h, math.ceil(img_shape[0] / stride) + 1)
+    w = min(w, math.ceil(img_shape[1] / stride) + 1)
+    scale_h = stride * out_h / img_shape[0]
+    scale_w = stride * out_w / img_shape[1]
+    masks = prob.new_zeros((num, out_h, out_w), dtype=torch.bool)
+    chunk = max(1, max_elements // max(out_h * out_w, 1))
+    if boxes is not None:
+        ys = torch.arange(out_h, device=prob.device, dtype=prob.dtype) + 0.5
+        xs = torch.arange(out_w, device=prob.device, dtype=prob.dtype) + 0.5
+    for i in range(0, num, chunk):
+        # an explicit scale (not recomputed from sizes) maps output pixel
+        # centres onto cell centres exactly
+        upsampled = F.interpolate(
+            prob[None, i:i + chunk, :h, :w], scale_factor=(scale_h, scale_w),
+            mode='bilinear', align_corners=False,
+            recompute_scale_factor=False)[0, :, :out_h, :out_w]
+        chunk_masks = upsampled > threshold
+        if boxes is not None:
+            b = boxes[i:i + chunk, :, None]
+            in_y = (ys >= b[:, 1] - box_padding) & (ys <= b[:, 3] + box_padding)
+            in_x = (xs >= b[:, 0] - box_padding) & (xs <= b[:, 2] + box_padding)
+            chunk_masks &= in_y[:, :, None] & in_x[:, None, :]
+        masks[i:i + chunk] = chunk_masks
+    return masks

@@ -1,0 +1,99 @@
+"""Binary Lovász hinge loss (Berman et al., CVPR 2018), the mask loss of EmbedMask."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmdet.models.losses.utils import weight_reduce_loss
+from mmdet.registry import MODELS
+from torch import Tensor
+
+
+def lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors.
+
+    g_i = J(i) - J(i-1),  J(i) = 1 - |gt ∩ top_i| / |gt ∪ top_i|  (Alg. 1 of the paper)
+
+    Args:
+        gt_sorted (Tensor): (N, P) binary labels ordered by decreasing error.
+
+    Returns:
+        Tensor: (N, P) weights, summing to the Jaccard loss of the full set.
+    """
+    gts = gt_sorted.sum(dim=1, keepdim=True)
+    intersection = gts - gt_sorted.cumsum(dim=1)
+    union = gts + (1. - gt_sorted).cumsum(dim=1)
+    jaccard = 1. - intersection / union
+    if gt_sorted.size(1) > 1:
+        jaccard = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    return jaccard
+
+
+def lovasz_hinge(logits: Tensor, labels: Tensor) -> Tensor:
+    """Binary Lovász hinge of each instance, vectorised over instances.
+
+    loss_k = Σ_i relu(e_k,π(i)) · g_i,   e = 1 - logit · (2·label - 1),
+    π sorting e_k in decreasing order and g = lovasz_grad(labels_k,π).
+
+    Args:
+        logits (Tensor): (N, P) logits (any real value).
+        labels (Tensor): (N, P) binary targets.
+
+    Returns:
+        Tensor: (N,) loss per instance.
+    """
+    if logits.numel() == 0:
+        # no pixels: zero that still carries the graph
+        return logits.sum(dim=1) * 0.
+    labels = labels.to(logits.dtype)
+    signs = 2. * labels - 1.
+    errors = 1. - logits * signs
+    errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
+    # the ordering is a constant of the extension: no gradient through it
+    grad = lovasz_grad(labels.gather(1, perm))
+    return (F.relu(errors_sorted) * grad).sum(dim=1)
+
+
+@MODELS.register_module()
+class LovaszHingeLoss(nn.Module):
+    """Lovász hinge loss on per-instance mask logits, mmdet loss conventions.
+
+    Args:
+        reduction (str): 'none' | 'mean' | 'sum' over instances.
+        loss_weight (float): Weight of the loss.
+    """
+
+    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        if reduction not in ('none', 'mean', 'sum'):
+            raise ValueError(f"LovaszHingeLoss: reduction must be 'none', 'mean' "
+                             f"or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self,
+                pred: Tensor,
+                target: Tensor,
+                weight: Optional[Tensor] = None,
+                avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        """
+        Args:
+            pred (Tensor): (N, *) mask logits of N instances.
+            target (Tensor): (N, *) binary masks, same shape as ``pred``.
+            weight (Tensor, optional): (N,) per-instance weight.
+            avg_factor (float, optional): Divisor of the summed loss.
+            reduction_override (str, optional): Overrides ``reduction``.
+
+        Returns:
+            Tensor: The loss.
+        """
+        assert reduction_override in (None, 'none', 'mean', 'sum')
+        reduction = reduction_override if reduction_override else self.reduction
+        n = pred.size(0)
+        if n == 0:
+            # no instance: an exact zero that keeps the graph (mean of nothing is NaN)
+            return pred.sum() * 0.
+        loss = lovasz_hinge(pred.reshape(n, -1), target.reshape(n, -1))
+        loss = weight_reduce_loss(loss, weight, reduction, avg_factor)
+        return self.loss_weight * loss

@@ -1,0 +1,7 @@
+from .embedding import (location_map, mask_logit, mask_probability,
+                        prior_margin_bias, proposal_margin, spatial_embedding)
+
+__all__ = [
+    'location_map', 'mask_logit', 'mask_probability', 'prior_margin_bias',
+    'proposal_margin', 'spatial_embedding'
+]

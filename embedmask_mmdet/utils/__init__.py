@@ -1,0 +1,6 @@
+from .safe_checkpoint import (allow_mmengine_checkpoint_globals,
+                              mmengine_checkpoint_safe_globals)
+
+__all__ = [
+    'allow_mmengine_checkpoint_globals', 'mmengine_checkpoint_safe_globals'
+]
