@@ -1,0 +1,6 @@
+# Ablation: embed_dim 16 -> 8 (both heads) - does a small D hurt separation?
+_base_ = '../embedmask/embedmask_r50_fpn_ms-1x_coco.py'
+
+embed_dim = 8
+model = dict(
+    bbox_head=dict(embed_dim=embed_dim), mask_head=dict(embed_dim=embed_dim))

@@ -1,0 +1,57 @@
+# EmbedMask (AdelaiDet design) scaled down for a CPU on the built-in synthetic
+# shapes dataset (tools/make_synthetic_coco.py): ResNet-18 from scratch
+# (init_cfg=None, nothing downloaded), 320x320 images, narrow heads, FCOS size
+# ranges halved to fit 320-px images. Used by the tests and the benchmarks;
+# the demo uses the ImageNet-pretrained EfficientNet-Lite0 child config.
+_base_ = [
+    '../_base_/models/embedmask_r50_fpn.py',
+    '../_base_/datasets/synthetic_instance.py',
+    'mmdet::_base_/default_runtime.py',
+]
+num_classes = 6
+channels = 96
+model = dict(
+    backbone=dict(depth=18, frozen_stages=-1, norm_eval=False, init_cfg=None),
+    neck=dict(in_channels=[128, 256, 512], start_level=0,
+              out_channels=channels),
+    bbox_head=dict(
+        num_classes=num_classes,
+        in_channels=channels,
+        feat_channels=channels,
+        stacked_convs=2,
+        proposal_channels=64,
+        regress_ranges=((-1, 32), (32, 64), (64, 128), (128, 256),
+                        (256, 1e8))),
+    mask_head=dict(
+        num_classes=num_classes,
+        in_channels=channels,
+        pixel_branch=dict(type='p3p5_fusion', feat_channels=64,
+                          num_stacked_convs=2),
+        semantic_channels=64,
+        max_masks_to_train=200))
+model['backbone']['out_indices'] = (1, 2, 3)
+
+train_dataloader = dict(batch_size=4, num_workers=2)
+val_dataloader = dict(num_workers=1)
+test_dataloader = val_dataloader
+
+max_iters = 3000
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
+                 val_interval=1000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+    clip_grad=dict(max_norm=35, norm_type=2))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[int(max_iters * 0.75), int(max_iters * 0.9)], gamma=0.1)
+]
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=20),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000,
+                    max_keep_ckpts=2))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(enable=False, base_batch_size=4)

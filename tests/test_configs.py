@@ -1,0 +1,258 @@
+"""Every config under configs/ (except configs/_base_/**) loads and builds an
+EmbedMask model; COCO recipes carry reference numbers and the right schedule;
+each ablation changes exactly the keys it claims to change."""
+import copy
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / 'configs'
+MODEL_BASE = CONFIG_DIR / '_base_' / 'models' / 'embedmask_r50_fpn.py'
+PARENT_1X = CONFIG_DIR / 'embedmask' / 'embedmask_r50_fpn_ms-1x_coco.py'
+
+CONFIGS = sorted(
+    p for p in CONFIG_DIR.rglob('*.py')
+    if '_base_' not in p.relative_to(CONFIG_DIR).parts)
+COCO_CONFIGS = [p for p in CONFIGS if p.name.endswith('_coco.py')]
+ABLATIONS = [p for p in CONFIGS if p.parent.name == 'ablations']
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(CONFIG_DIR))
+
+
+# ablation file -> {flattened key of the merged cfg: value in the child}.
+# Exactly these keys may differ from the parent 1x config.
+EXPECTED_ABLATION_DIFFS = {
+    'embedmask_r50_embed-dim8.py': {
+        'embed_dim': 8,
+        'model.bbox_head.embed_dim': 8,
+        'model.mask_head.embed_dim': 8},
+    'embedmask_r50_embed-dim32.py': {
+        'embed_dim': 32,
+        'model.bbox_head.embed_dim': 32,
+        'model.mask_head.embed_dim': 32},
+    'embedmask_r50_scalar-margin.py': {
+        'model.bbox_head.margin_type': 'scalar'},
+    'embedmask_r50_fixed-margin.py': {
+        'model.bbox_head.margin_type': 'fixed'},
+    'embedmask_r50_no-coords.py': {
+        'model.mask_head.with_coords': False},
+    'embedmask_r50_dice-loss.py': {
+        'model.mask_head.loss_mask.type': 'DiceLoss',
+        'model.mask_head.loss_mask.use_sigmoid': True,
+        'model.mask_head.loss_mask.activate': True,
+        'model.mask_head.loss_mask.eps': 5e-6},
+    'embedmask_r50_bce-loss.py': {
+        'model.mask_head.loss_mask.type': 'CrossEntropyLoss',
+        'model.mask_head.loss_mask.use_sigmoid': True},
+    'embedmask_r50_best-iou-per-gt.py': {
+        'model.mask_head.sampling': 'best_iou_per_gt'},
+    'embedmask_r50_crop-test.py': {
+        'model.test_cfg.crop_to_box': True},
+    'embedmask_r50_mask-thr-0.53.py': {
+        'model.test_cfg.mask_thr': 0.53},
+    'embedmask_r50_p3-tower.py': {
+        'model.mask_head.pixel_branch.type': 'p3_tower'},
+    'embedmask_r50_no-semantic.py': {
+        # the whole semantic loss dict is replaced by None
+        'model.mask_head.loss_semantic': None},
+}
+
+# COCO recipe -> (max_iters, milestones); all share lr 0.01, warmup 500.
+EXPECTED_SCHEDULES = {
+    'embedmask_r50_fpn_ms-1x_coco.py': (90000, [60000, 80000]),
+    'embedmask_r50_fpn_ms-2x_coco.py': (180000, [120000, 160000]),
+    'embedmask_r101_fpn_ms-3x_coco.py': (270000, [210000, 250000]),
+    'embedmask_x101-32x4d_fpn_ms-3x_coco.py': (270000, [210000, 250000]),
+    'embedmask-v3_r50_fpn_1x_coco.py': (90000, [60000, 80000]),
+}
+
+_MISSING = object()
+
+
+def dict_diff(a, b, prefix=''):
+    """{dotted key: (a_value, b_value)} where nested dicts a and b differ.
+
+    Recurses while both sides are dicts; otherwise the whole value at that
+    key is compared (so a dict replaced by None shows up as one key). A
+    missing key reads as _MISSING."""
+    out = {}
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k, _MISSING), b.get(k, _MISSING)
+        key = f'{prefix}{k}'
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.update(dict_diff(va, vb, key + '.'))
+        elif va != vb:
+            out[key] = (va, vb)
+    return out
+
+
+def _drop_pretrained(cfg):
+    """Set every Pretrained init_cfg in a (nested) model cfg to None."""
+    if isinstance(cfg, dict):
+        for k, v in list(cfg.items()):
+            if k == 'init_cfg':
+                items = v if isinstance(v, (list, tuple)) else [v]
+                if any(isinstance(i, dict) and i.get('type') == 'Pretrained'
+                       for i in items):
+                    cfg[k] = None
+            else:
+                _drop_pretrained(v)
+    elif isinstance(cfg, (list, tuple)):
+        for v in cfg:
+            _drop_pretrained(v)
+    return cfg
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _registry():
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    import embedmask_mmdet  # noqa: F401
+
+
+_cfg_cache = {}
+
+
+def load(path: Path) -> Config:
+    if path not in _cfg_cache:
+        _cfg_cache[path] = Config.fromfile(str(path))
+    return _cfg_cache[path]
+
+
+def build_model(cfg: Config):
+    from mmdet.registry import MODELS
+    model_cfg = _drop_pretrained(copy.deepcopy(cfg.model))
+    if 'backbone' in model_cfg:
+        model_cfg['backbone']['init_cfg'] = None
+    return MODELS.build(model_cfg)
+
+
+def test_discovery():
+    names = {_rel(p) for p in CONFIGS}
+    assert 'embedmask/embedmask_r50_fpn_ms-1x_coco.py' in names
+    assert {p.name for p in ABLATIONS} == set(EXPECTED_ABLATION_DIFFS), (
+        'every ablation needs an EXPECTED_ABLATION_DIFFS entry (and vice '
+        'versa)')
+
+
+def _check_config_builds(path: Path):
+    from embedmask_mmdet.models.detectors.embedmask import EmbedMask
+    cfg = load(path)
+    assert 'custom_imports' in cfg, f'{_rel(path)}: no custom_imports'
+    assert 'embedmask_mmdet' in cfg.custom_imports.imports
+    assert cfg.model.type == 'EmbedMask'
+    model = build_model(cfg)
+    assert type(model) is EmbedMask
+    assert model.bbox_head.embed_dim == model.mask_head.embed_dim
+    return cfg, model
+
+
+def test_model_base_builds():
+    cfg, _ = _check_config_builds(MODEL_BASE)
+    assert cfg.custom_imports.imports == ['embedmask_mmdet']
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_rel)
+def test_config_builds(path):
+    _check_config_builds(path)
+
+
+@pytest.mark.parametrize('path', COCO_CONFIGS, ids=_rel)
+def test_coco_config_metadata(path):
+    cfg = load(path)
+    assert cfg.custom_imports.imports == ['embedmask_mmdet']
+    assert 'reference_results' in cfg, f'{_rel(path)}: no reference_results'
+    ref = cfg.reference_results
+    if ref.get('segm_mAP') is None and ref.get('bbox_mAP') is None:
+        # explicit "nothing published" note required
+        assert ref.get('note'), f'{_rel(path)}: no numbers and no note'
+    else:
+        assert ref.get('source')
+    if path.name in EXPECTED_SCHEDULES:
+        max_iters, milestones = EXPECTED_SCHEDULES[path.name]
+        assert cfg.train_cfg.max_iters == max_iters
+        warmup, steps = cfg.param_scheduler
+        assert warmup.type == 'LinearLR' and warmup.end == 500
+        assert steps.type == 'MultiStepLR' and steps.end == max_iters
+        assert list(steps.milestones) == milestones
+        assert cfg.optim_wrapper.optimizer.lr == 0.01
+        assert cfg.optim_wrapper.optimizer.momentum == 0.9
+        assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
+        assert cfg.train_dataloader.batch_size == 2
+        assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=16)
+
+
+def test_coco_recipe_details():
+    r101 = load(CONFIG_DIR / 'embedmask' / 'embedmask_r101_fpn_ms-3x_coco.py')
+    assert r101.model.backbone.depth == 101
+    assert r101.model.backbone.init_cfg.checkpoint == 'torchvision://resnet101'
+    x101 = load(
+        CONFIG_DIR / 'embedmask' / 'embedmask_x101-32x4d_fpn_ms-3x_coco.py')
+    bb = x101.model.backbone
+    assert (bb.type, bb.depth, bb.groups, bb.base_width) == (
+        'ResNeXt', 101, 32, 4)
+    assert bb.init_cfg.checkpoint == 'open-mmlab://resnext101_32x4d'
+    # multi-scale train / single-scale test in the AdelaiDet recipe
+    ms = load(PARENT_1X)
+    resize = ms.train_dataloader.dataset.pipeline[2]
+    assert resize.type == 'RandomChoiceResize'
+    assert [s[1] for s in resize.scales] == list(range(640, 801, 32))
+    assert ms.test_dataloader.dataset.pipeline[1].scale == (1333, 800)
+    # v3: single-scale 800/1333 training, FCOS-repo heads
+    v3 = load(CONFIG_DIR / 'embedmask' / 'embedmask-v3_r50_fpn_1x_coco.py')
+    types = [t.type for t in v3.train_dataloader.dataset.pipeline]
+    assert 'RandomChoiceResize' not in types
+    resize = v3.train_dataloader.dataset.pipeline[types.index('Resize')]
+    assert tuple(resize.scale) == (1333, 800)
+    m = v3.model
+    assert m.bbox_head.proposal_head == 'conv3' and m.bbox_head.sample_in_mask
+    assert m.mask_head.pixel_branch == dict(type='p3_tower')
+    assert m.mask_head.sampling == 'best_iou_per_gt'
+    assert m.mask_head.learnable_coord_scale
+    assert m.mask_head.prob_eps == 1e-9
+    assert m.mask_head.loss_mask == dict(type='LovaszHingeLoss',
+                                         loss_weight=0.5)
+    assert m.mask_head.loss_semantic is None
+    assert m.test_cfg.score_type == 'cls_ctr'
+    assert not m.test_cfg.thresh_with_ctr
+    assert m.test_cfg.mask_thr == 0.53
+    assert m.test_cfg.crop_to_box and m.test_cfg.crop_padding == 2
+    # the knobs reach the built modules (model.test_cfg goes to both heads)
+    import torch.nn as nn
+    model = build_model(v3)
+    assert model.mask_head.pixel_branch_type == 'p3_tower'
+    assert isinstance(model.mask_head.coord_scale, nn.Parameter)
+    assert model.mask_head.loss_semantic is None
+    assert isinstance(model.bbox_head.controller.embed_reduce, nn.Identity)
+    assert model.mask_head.test_cfg.mask_thr == 0.53
+    assert model.bbox_head.test_cfg.score_type == 'cls_ctr'
+
+
+def test_dict_diff_helper():
+    a = dict(x=1, m=dict(loss=dict(type='A', w=1.0), k=2))
+    b = dict(x=1, m=dict(loss=None, k=3), new=0)
+    assert dict_diff(a, b) == {
+        'm.k': (2, 3),
+        'm.loss': (dict(type='A', w=1.0), None),
+        'new': (_MISSING, 0)}
+    assert dict_diff(a, copy.deepcopy(a)) == {}
+
+
+@pytest.mark.parametrize('path', ABLATIONS, ids=_rel)
+def test_ablation_changes_one_thing(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith('# '), f'{path.name}: needs a one-line comment'
+    child = load(path)
+    assert child.filename and Path(child.filename).name == path.name
+    diff = dict_diff(load(PARENT_1X).to_dict(), child.to_dict())
+    expected = EXPECTED_ABLATION_DIFFS[path.name]
+    # anything else differing from the parent is a second, unintended change
+    assert set(diff) == set(expected), (
+        f'{path.name}: differs from the parent in {sorted(diff)}, expected '
+        f'{sorted(expected)}')
+    for key, value in expected.items():
+        assert diff[key][1] == value, (key, diff[key])

@@ -1,0 +1,192 @@
+"""The EmbedMask formulas of ``embedmask_mmdet.models.utils.embedding``."""
+import math
+
+import pytest
+import torch
+from mmdet.models.task_modules.prior_generators import MlvlPointGenerator
+
+from embedmask_mmdet.models.utils import (location_map, mask_logit,
+                                          mask_probability, prior_margin_bias,
+                                          proposal_margin, spatial_embedding)
+from embedmask_mmdet.models.utils.embedding import MAX_LOG_MARGIN
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def naive_mask_probability(pixel_embed, proposal_embed, margin):
+    """p_ik = exp(-sum_d s_kd (x_id - q_kd)^2), computed literally in float64
+    on the full (N, D, H, W) difference tensor."""
+    x = pixel_embed.double()[None]                          # 1, D, H, W
+    q = proposal_embed.double()[:, :, None, None]           # N, D, 1, 1
+    s = margin.double()[:, :, None, None]                   # N, D, 1, 1
+    return torch.exp(-(s * (x - q)**2).sum(dim=1))          # N, H, W
+
+
+# ----------------------------------------------------------- mask_probability
+def test_mask_probability_hand_computed_d2():
+    # D = 2, one proposal q = (1, 2), s = (0.5, 2); a 1 x 3 pixel map.
+    q = torch.tensor([[1., 2.]])
+    s = torch.tensor([[0.5, 2.]])
+    # pixels x = (1, 2), (3, 2), (2, 1.5)
+    x = torch.tensor([[[1., 3., 2.]],          # dimension 1, (1, H=1, W=3)
+                      [[2., 2., 1.5]]])        # dimension 2
+    p = mask_probability(x, q, s)
+    assert p.shape == (1, 1, 3)
+    expected = torch.tensor([
+        # exp(-(0.5 * 0^2 + 2 * 0^2)) = 1
+        1.0,
+        # exp(-(0.5 * (3-1)^2 + 2 * (2-2)^2)) = exp(-2)
+        math.exp(-2.0),
+        # exp(-(0.5 * (2-1)^2 + 2 * (1.5-2)^2)) = exp(-(0.5 + 0.5)) = exp(-1)
+        math.exp(-1.0),
+    ])
+    torch.testing.assert_close(p[0, 0], expected, atol=1e-6, rtol=0)
+    # values written out, in case exp() itself were the thing under test
+    torch.testing.assert_close(
+        p[0, 0], torch.tensor([1.0, 0.1353352832, 0.3678794412]),
+        atol=1e-6, rtol=0)
+
+
+def test_mask_probability_matches_naive_large_coordinates():
+    g = torch.Generator().manual_seed(0)
+    d, h, w, n, k = 16, 24, 31, 40, 4
+    # pixels in k clusters (objects) with coordinates in [0, 13]
+    centres = 0.5 + torch.rand(k, d, generator=g) * 12.
+    assign = torch.randint(0, k, (h * w, ), generator=g)
+    x = (centres[assign] + 0.15 * torch.randn(h * w, d, generator=g))
+    x = x.clamp(0., 13.).T.reshape(d, h, w)
+    # proposals near the clusters, a few anywhere; margins from 0.05 to 50
+    q = centres[torch.randint(0, k, (n, ), generator=g)] \
+        + 0.1 * torch.randn(n, d, generator=g)
+    q[:5] = torch.rand(5, d, generator=g) * 13.
+    smax = torch.logspace(math.log10(0.05), math.log10(50.), n)
+    s = torch.rand(n, d, generator=g) * smax[:, None]
+    s[-1, 0] = 50.
+    p = mask_probability(x, q, s)
+    ref = naive_mask_probability(x, q, s)
+    assert p.shape == (n, h, w) and p.dtype == torch.float32
+    assert (p >= 0).all() and (p <= 1).all()
+    # the test must exercise non-trivial probabilities
+    assert ((ref > 0.1) & (ref < 0.9)).sum() > 50
+    torch.testing.assert_close(p.double(), ref, atol=1e-4, rtol=0)
+
+
+def test_mask_probability_gradients_match_naive():
+    g = torch.Generator().manual_seed(1)
+    d, h, w, n = 4, 5, 6, 3
+    x = (torch.rand(d, h, w, generator=g, dtype=torch.float64) * 13.)
+    q = x.reshape(d, -1)[:, :n].T + 0.2 * torch.randn(
+        n, d, generator=g, dtype=torch.float64)
+    s = torch.rand(n, d, generator=g, dtype=torch.float64) * 3. + 0.1
+    weight = torch.rand(n, h, w, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (mask_probability, naive_mask_probability):
+        xs, qs, ss = (t.clone().requires_grad_() for t in (x, q, s))
+        (fn(xs, qs, ss) * weight).sum().backward()
+        grads.append((xs.grad, qs.grad, ss.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-6)
+
+
+# ---------------------------------------------------------- prior_margin_bias
+@pytest.mark.parametrize('m', [0.5, 2.0, 5.0])
+def test_prior_margin_bias_gives_half_at_distance_m(m):
+    d = 8
+    bias = prior_margin_bias(m)
+    assert bias == pytest.approx(math.log(math.log(2.) / m**2))
+    s = proposal_margin(torch.full((1, d), bias))
+    direction = torch.randn(d, generator=torch.Generator().manual_seed(2))
+    direction = direction / direction.norm()
+    q = torch.rand(1, d) * 5.
+    # pixel 0 at distance m, pixel 1 at q itself, pixel 2 at distance 2m
+    x = torch.stack([q[0] + m * direction, q[0], q[0] + 2 * m * direction],
+                    dim=1)[:, None, :]  # D, 1, 3
+    p = mask_probability(x, q, s)[0, 0]
+    torch.testing.assert_close(p, torch.tensor([0.5, 1.0, 0.5**4]),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('m', [0., -1.])
+def test_prior_margin_bias_rejects_non_positive(m):
+    with pytest.raises(ValueError, match='prior_margin'):
+        prior_margin_bias(m)
+
+
+# ----------------------------------------------------------------- mask_logit
+def test_mask_logit_finite_at_zero_and_one():
+    eps = 1e-6
+    p = torch.tensor([0., 1., 0.5, 0.25], requires_grad=True)
+    logit = mask_logit(p, eps)
+    assert torch.isfinite(logit).all()
+    limit = math.log((1 - eps) / eps)
+    # float32 rounds 1 - eps, hence the looser tolerance at p = 1
+    torch.testing.assert_close(
+        logit.detach(), torch.tensor([-limit, limit, 0., math.log(1 / 3)]),
+        atol=1e-5, rtol=2e-3)
+    logit.sum().backward()
+    assert torch.isfinite(p.grad).all()
+    # d logit / dp = 1 / (p (1 - p)) inside the clamp
+    assert p.grad[2].item() == pytest.approx(4., rel=1e-5)
+    assert p.grad[3].item() == pytest.approx(1. / (0.25 * 0.75), rel=1e-5)
+
+
+def test_mask_logit_of_exact_probabilities_through_the_loss_chain():
+    """p exactly 0 (far proposal) and exactly 1 (x == q): finite logit and
+    finite gradients back to the embeddings and margins."""
+    x = torch.zeros(3, 1, 2)
+    x[:, 0, 1] = 1000.
+    x.requires_grad_()
+    q = torch.zeros(1, 3, requires_grad=True)
+    s = torch.ones(1, 3, requires_grad=True)
+    p = mask_probability(x, q, s)
+    assert p[0, 0, 0].item() == 1.0 and p[0, 0, 1].item() == 0.0
+    logit = mask_logit(p, 1e-6)
+    assert torch.isfinite(logit).all()
+    logit.sum().backward()
+    for t in (x, q, s):
+        assert torch.isfinite(t.grad).all()
+
+
+# ------------------------------------------------------------ proposal_margin
+def test_proposal_margin_finite_for_huge_inputs():
+    raw = torch.tensor([-1e30, -50., 0., 3., 1e4, 1e30, float('inf')],
+                       requires_grad=True)
+    s = proposal_margin(raw)
+    assert torch.isfinite(s).all() and (s >= 0).all()
+    assert s[2].item() == pytest.approx(1.)
+    assert s[3].item() == pytest.approx(math.exp(3.), rel=1e-6)
+    assert s[-1].item() == pytest.approx(math.exp(MAX_LOG_MARGIN), rel=1e-6)
+    s.sum().backward()
+    assert torch.isfinite(raw.grad).all()
+    # half precision: exp(MAX_LOG_MARGIN) must still fit
+    s16 = proposal_margin(torch.tensor([1e4, 65504.], dtype=torch.float16))
+    assert torch.isfinite(s16).all()
+
+
+# --------------------------------------------------------------- location_map
+@pytest.mark.parametrize('stride,h,w', [(4, 7, 9), (8, 16, 20), (16, 5, 3),
+                                        (128, 1, 2)])
+def test_location_map_matches_mmdet_point_generator(stride, h, w):
+    gen = MlvlPointGenerator([stride], offset=0.5)
+    points = gen.grid_priors([(h, w)], dtype=torch.float32,
+                             device='cpu')[0]                  # (h*w, 2) x, y
+    loc = location_map(h, w, stride)
+    assert loc.shape == (2, h, w)
+    torch.testing.assert_close(loc.reshape(2, -1).T, points, atol=0, rtol=0)
+    # channel 0 is x (varies along width), channel 1 is y
+    assert (loc[0, :, 1:] - loc[0, :, :-1] == stride).all()
+    assert (loc[1, 1:, :] - loc[1, :-1, :] == stride).all()
+    assert loc[0, 0, 0] == loc[1, 0, 0] == stride / 2
+
+
+def test_spatial_embedding_adds_scaled_coordinates():
+    conv = torch.tensor([[1., 2.], [3., 4.]])
+    coords = torch.tensor([[100., 200.], [300., 50.]])
+    torch.testing.assert_close(spatial_embedding(conv, coords),
+                               conv + coords / 100.)
+    torch.testing.assert_close(spatial_embedding(conv, coords, 0.), conv)
+    scale = torch.tensor(2., requires_grad=True)
+    out = spatial_embedding(conv, coords, scale)
+    torch.testing.assert_close(out, conv + coords / 50.)
+    out.sum().backward()
+    assert scale.grad.item() == pytest.approx(coords.sum().item() / 100.)
