@@ -1,11 +1,31 @@
+# embedmask-mmdet: `make demo` and `make test` do everything on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+DEMO_CONFIG ?= configs/embedmask/embedmask-lite0_fpn_synthetic-cpu.py
+DEMO_DIR ?= work_dirs/demo
+DATA ?= data/synthetic
 
-.PHONY: install test demo bench data clean
+.PHONY: install test demo data bench clean
 
 install:
 	VENV=$(VENV) TORCH_SPEC='$(TORCH_SPEC)' bash tools/install.sh
 
+# pytest's exit 5 (no test collected) is a failure, like every non-zero code
 test: install
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+data: install
+	@if [ -f $(DATA)/annotations/instances_val.json ]; then \
+	  echo "[data] $(DATA) exists"; \
+	else $(PY) tools/make_synthetic_coco.py --out $(DATA); fi
+
+demo: data
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR) --resume
+	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --work-dir $(DEMO_DIR)
+	$(PY) tools/demo.py $(DATA)/val $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --out-dir $(DEMO_DIR)/predictions --limit 12
+	$(PY) tools/plot_curves.py $(DEMO_DIR) --out $(DEMO_DIR)/loss_curve.png
+	$(PY) tools/print_metrics.py $(DEMO_DIR)/test_metrics.json
+
+clean:
+	rm -rf work_dirs

@@ -10,7 +10,7 @@ from embedmask_mmdet.models.utils import (location_map, mask_logit,
                                           proposal_margin, spatial_embedding)
 from embedmask_mmdet.models.utils.embedding import MAX_LOG_MARGIN
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # 2 threads spin-wait on a loaded 2-core box
 
 
 def naive_mask_probability(pixel_embed, proposal_embed, margin):
@@ -119,15 +119,28 @@ def test_mask_logit_finite_at_zero_and_one():
     logit = mask_logit(p, eps)
     assert torch.isfinite(logit).all()
     limit = math.log((1 - eps) / eps)
-    # float32 rounds 1 - eps, hence the looser tolerance at p = 1
     torch.testing.assert_close(
         logit.detach(), torch.tensor([-limit, limit, 0., math.log(1 / 3)]),
-        atol=1e-5, rtol=2e-3)
+        atol=1e-5, rtol=1e-5)
     logit.sum().backward()
     assert torch.isfinite(p.grad).all()
     # d logit / dp = 1 / (p (1 - p)) inside the clamp
     assert p.grad[2].item() == pytest.approx(4., rel=1e-5)
     assert p.grad[3].item() == pytest.approx(1. / (0.25 * 0.75), rel=1e-5)
+
+
+@pytest.mark.parametrize('eps', [1e-6, 1e-9, 1e-12])
+def test_mask_logit_symmetric_for_tiny_eps_in_float32(eps):
+    """The FCOS repo clamps with eps = 1e-9, below float32's resolution at 1
+    (1 - 1e-9 == 1 in float32): logit(1) must still be finite, = -logit(0)."""
+    p = torch.tensor([0., 1.], requires_grad=True)
+    logit = mask_logit(p, eps)
+    assert torch.isfinite(logit).all()
+    limit = math.log(1. / eps)  # log((1 - eps) / eps) up to ~eps
+    torch.testing.assert_close(logit.detach(), torch.tensor([-limit, limit]),
+                               atol=1e-4, rtol=1e-5)
+    logit.sum().backward()
+    assert torch.isfinite(p.grad).all()
 
 
 def test_mask_logit_of_exact_probabilities_through_the_loss_chain():

@@ -156,14 +156,19 @@ class EmbedMaskBboxHead(CondInstBboxHead):
             self.feat_channels, self.embed_dim, self.proposal_head,
             self.margin_type, self.prior_margin, self.margin_reduce_factor,
             self.proposal_channels)
+        # per-level scales of the spatial log-margins, which only the
+        # per-dimension margin has (unused parameters would break DDP)
         self.margin_scales = nn.ModuleList(
-            [Scale(1.0) for _ in self.strides])
+            [Scale(1.0) for _ in self.strides]) \
+            if self.margin_type == 'per_dim' else None
 
     def forward(self, x: Tuple[Tensor]) -> Tuple[List[Tensor], ...]:
         """Returns cls scores, bbox preds, centernesses and param preds
         ([embedding, margin], 2D channels) of every level."""
+        margin_scales = self.margin_scales if self.margin_scales is not None \
+            else [None] * len(self.strides)
         return multi_apply(self.forward_single, x, self.scales, self.strides,
-                           self.margin_scales)
+                           margin_scales)
 
     def forward_single(self, x: Tensor, scale: Scale, stride: int,
                        margin_scale: Optional[Scale] = None

@@ -326,9 +326,14 @@ class EmbedMaskMaskHead(BaseMaskHead):
         for pixel_embed, results, img_meta in zip(pixel_embeds, results_list,
                                                   batch_img_metas):
             if len(results) == 0:
-                outputs.append(empty_instances([img_meta], pixel_embed.device,
-                                               task_type='mask',
-                                               instance_results=[results])[0])
+                empty = empty_instances([img_meta], pixel_embed.device,
+                                        task_type='mask',
+                                        instance_results=[results])[0]
+                if not rescale:
+                    # empty_instances always uses ori_shape
+                    empty.masks = empty.masks.new_zeros(
+                        (0, *img_meta['img_shape'][:2]))
+                outputs.append(empty)
                 continue
             outputs.append(self._predict_by_feat_single(
                 pixel_embed, results, img_meta, rescale, cfg))
@@ -386,8 +391,12 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     for i in range(0, num, chunk):
         # an explicit scale (not recomputed from sizes) maps output pixel
         # centres onto cell centres exactly
+        # one replicated row/col (bilinear clamps there anyway): without it
+        # floor(h * scale_h) can round to out_h - 1 when h * stride == img_h
+        # (an unpadded side, e.g. 800 px resized from 427)
         upsampled = F.interpolate(
-            prob[None, i:i + chunk, :h, :w], scale_factor=(scale_h, scale_w),
+            F.pad(prob[None, i:i + chunk, :h, :w], (0, 1, 0, 1),
+                  mode='replicate'), scale_factor=(scale_h, scale_w),
             mode='bilinear', align_corners=False,
             recompute_scale_factor=False)[0, :, :out_h, :out_w]
         chunk_masks = upsampled > threshold

@@ -97,6 +97,9 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
 
 
 def mask_logit(prob: Tensor, eps: float) -> Tensor:
-    """logit(p) with p clamped to [eps, 1 - eps] so it never reaches ±inf."""
-    prob = prob.clamp(min=eps, max=1. - eps)
-    return torch.log(prob) - torch.log1p(-prob)
+    """logit(p) with p clamped to [eps, 1 - eps] so it never reaches ±inf.
+
+    1 - p is clamped rather than p: in float32 ``1 - eps`` rounds to 1 for
+    eps < 6e-8 (the FCOS repo's 1e-9), which would give logit(1) = inf.
+    """
+    return torch.log(prob.clamp(min=eps)) - torch.log((1. - prob).clamp(min=eps))
