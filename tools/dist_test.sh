@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Multi-process testing with torchrun: tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py args]
+# Without CUDA, test.py runs the processes on gloo (see dist_train.sh).
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2

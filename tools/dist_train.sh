@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Multi-process training with torchrun: tools/dist_train.sh CONFIG NPROC [train.py args]
-# On CPU the backend is gloo (mmengine picks it when CUDA is absent).
+# Without CUDA, train.py starts a gloo process group itself and wraps the
+# model in DDP with device_ids=None (mmengine 0.10 would call
+# torch.cuda.set_device, use nccl and pass device_ids=[LOCAL_RANK]).
 set -euo pipefail
 CONFIG=$1
 NPROC=$2

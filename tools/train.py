@@ -13,6 +13,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from embedmask_mmdet.utils.dist import setup_cpu_distributed
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a detector')
@@ -73,6 +75,7 @@ def build_cfg(args) -> Config:
 
 def main(argv=None):
     cfg = build_cfg(parse_args(argv))
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
     runner.train()
