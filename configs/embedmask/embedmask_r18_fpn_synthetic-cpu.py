@@ -51,7 +51,11 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000,
+    # atomic writes; --resume falls back to the newest complete checkpoint
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=1000,
                     max_keep_ckpts=2))
+# a rank stuck in a collective (a peer died) fails after 10 min instead of
+# mmengine's default 30; torchrun tears the group down as soon as a rank exits
+env_cfg = dict(dist_cfg=dict(timeout=600))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False, base_batch_size=4)

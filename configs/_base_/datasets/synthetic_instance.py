@@ -1,6 +1,9 @@
 # Built-in synthetic shapes dataset (tools/make_synthetic_coco.py writes it);
 # laid out like mmdet's coco_instance.py so children override the same keys.
-dataset_type = 'CocoDataset'
+# RobustCocoDataset / RobustLoadImageFromFile (embedmask_mmdet.datasets) skip
+# bad annotations, missing and corrupt training images with logged counts;
+# README "Bad input and faults" lists the cases and the switches.
+dataset_type = 'RobustCocoDataset'
 data_root = 'data/synthetic/'
 metainfo = dict(
     classes=('circle', 'rectangle', 'triangle', 'ellipse', 'ring', 'star'),
@@ -10,13 +13,17 @@ img_scale = (320, 320)
 backend_args = None
 
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    # on_corrupt='error' to stop at the first unreadable image instead
+    dict(type='RobustLoadImageFromFile', on_corrupt='skip',
+         backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
+    # mmcv's loader on purpose: DetInferencer looks for this exact type, and it
+    # already raises naming the file when an image cannot be read or decoded
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     # If you don't have a gt annotation, delete the pipeline
@@ -39,6 +46,8 @@ train_dataloader = dict(
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
         filter_cfg=dict(filter_empty_gt=True, min_size=4),
+        bad_annotation='skip',  # or 'error'
+        missing_image='skip',  # or 'error'
         pipeline=train_pipeline,
         backend_args=backend_args))
 val_dataloader = dict(
@@ -54,6 +63,8 @@ val_dataloader = dict(
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),
         test_mode=True,
+        # a missing val image would count as missed objects in CocoMetric
+        missing_image='error',
         pipeline=test_pipeline,
         backend_args=backend_args))
 test_dataloader = val_dataloader

@@ -1,6 +1,13 @@
+import warnings
+
+import torch
+import torch.nn as nn
 from mmdet.models.detectors.single_stage_instance_seg import \
     SingleStageInstanceSegmentor
 from mmdet.registry import MODELS
+from mmengine.logging import MessageHub
+
+NONFINITE_LOSS = ('raise', 'warn')
 
 
 @MODELS.register_module()
@@ -12,13 +19,61 @@ class EmbedMask(SingleStageInstanceSegmentor):
     ``bbox_head`` is an :class:`EmbedMaskBboxHead`, ``mask_head`` an
     :class:`EmbedMaskMaskHead`; training, inference and the data flow between
     the heads are those of :class:`SingleStageInstanceSegmentor`.
+
+    ``nonfinite_loss`` says what a NaN/inf loss term does, checked in
+    :meth:`loss`, i.e. before backward: 'raise' (default) raises
+    ``FloatingPointError`` naming the term and the iteration, so the weights
+    (and the checkpoints) stay those of the last finite iteration; 'warn'
+    warns and replaces all losses of that iteration by zeros (zero gradients;
+    the optimizer still applies momentum and weight decay). Either way the
+    BatchNorm running statistics that forward pass updated are restored.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, nonfinite_loss: str = 'raise', **kwargs) -> None:
+        if nonfinite_loss not in NONFINITE_LOSS:
+            raise ValueError(f'EmbedMask: nonfinite_loss={nonfinite_loss!r} '
+                             f'is not supported; use one of {NONFINITE_LOSS}')
         super().__init__(*args, **kwargs)
+        self.nonfinite_loss = nonfinite_loss
         box_dim = getattr(self.bbox_head, 'embed_dim', None)
         mask_dim = getattr(self.mask_head, 'embed_dim', None)
         if box_dim is not None and mask_dim is not None and box_dim != mask_dim:
             raise ValueError(
                 f'EmbedMask: bbox_head.embed_dim ({box_dim}) and '
                 f'mask_head.embed_dim ({mask_dim}) must be equal')
+
+    def loss(self, batch_inputs, batch_data_samples) -> dict:
+        """mmdet's losses, checked for NaN/inf per ``nonfinite_loss``."""
+        # the forward pass updates BN running stats before the check
+        stats = [b for m in self.modules()
+                 if isinstance(m, nn.modules.batchnorm._NormBase)
+                 and m.training and m.track_running_stats
+                 for b in (m.running_mean, m.running_var,
+                           m.num_batches_tracked) if b is not None]
+        saved = [b.clone() for b in stats]
+        losses = super().loss(batch_inputs, batch_data_samples)
+        terms = {k: torch.stack([t.detach().float().sum() for t in (
+            v if isinstance(v, (list, tuple)) else [v])])
+            for k, v in losses.items() if 'loss' in k}
+        if not terms or torch.isfinite(torch.cat(list(terms.values()))).all():
+            return losses  # one device sync per iteration
+        bad = ', '.join(f'{k}={t.sum().item()}' for k, t in terms.items()
+                        if not torch.isfinite(t).all())
+        it = MessageHub.get_current_instance().get_info('iter')
+        where = 'outside a training loop' if it is None else \
+            f'at iteration {it + 1} (runner.iter={it})'
+        msg = f'EmbedMask: non-finite loss {bad} {where}. '
+        with torch.no_grad():
+            for b, v in zip(stats, saved):
+                b.copy_(v)
+        if self.nonfinite_loss == 'raise':
+            raise FloatingPointError(
+                msg + 'Stopped before backward, so the weights and saved '
+                'checkpoints are those of the last finite iteration. Lower '
+                'the learning rate, keep optim_wrapper.clip_grad, check the '
+                "data, or set model.nonfinite_loss='warn' to skip such "
+                'iterations.')
+        warnings.warn(msg + 'All losses of this iteration are set to 0 '
+                      "(model.nonfinite_loss='warn').")
+        zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.
+        return {k: zero if k in terms else v for k, v in losses.items()}
