@@ -1,0 +1,443 @@
+"""docs/benchmarks.md and its PNG plots, written from one run's results only
+(every figure in the document comes from the ``results`` dict)."""
+import os
+import os.path as osp
+from typing import List, Optional
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .models import BOX_ONLY, LABELS  # noqa: E402
+
+PLOTS = dict(latency='bench_latency.png', postproc='bench_postproc.png',
+             train='bench_train_memory.png', accuracy='bench_accuracy.png')
+HEADLINE_SIZE = '800x1333'
+
+
+def _f(x, digits=1) -> str:
+    if x is None or x != x:  # None or NaN
+        return '-'
+    return f'{x:,.{digits}f}'
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+    lines = ['| ' + ' | '.join(header) + ' |',
+             '|' + '|'.join('---' for _ in header) + '|']
+    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+    return lines + ['']
+
+
+def _label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def headline_size(speed: dict) -> Optional[str]:
+    sizes = list(speed.get('latency', {}))
+    if HEADLINE_SIZE in sizes:
+        return HEADLINE_SIZE
+    if not sizes:
+        return None
+    return max(sizes, key=lambda s: parse_size(s)[0] * parse_size(s)[1])
+
+
+def parse_size(text: str):
+    h, w = (int(v) for v in text.lower().split('x'))
+    return h, w
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def targets(results: dict) -> List[dict]:
+    """The issue's targets, each with its measured value and verdict."""
+    out = []
+    speed = results.get('speed', {}).get('cpu')
+
+    def add(what, value, bound, upper=True, unit='ratio'):
+        met = None if value is None else (
+            value <= bound if upper else value >= bound)
+        if value is None:
+            margin = 'not measured'
+        elif unit == 'points':
+            margin = f'{value - bound:+.1f} points'
+        else:
+            rel = abs(bound - value) / bound * 100
+            margin = f'{rel:.1f} % ' + ('below' if value <= bound else
+                                        'above') + ' the bound'
+        out.append(dict(what=what, value=value, bound=bound, upper=upper,
+                        met=met, margin=margin, unit=unit))
+
+    if speed:
+        size = headline_size(speed)
+        lat = speed.get('latency', {}).get(size, {})
+        med = {m: r['median_ms'] for m, r in lat.items()}
+        add(f'CPU latency at {size}: EmbedMask / CondInst',
+            _ratio(med.get('embedmask'), med.get('condinst')), 0.9)
+        add(f'CPU latency at {size}: EmbedMask / FCOS',
+            _ratio(med.get('embedmask'), med.get('fcos')), 1.15)
+        pp = speed.get('postproc')
+        if pp and pp['size'] == size and 100 in pp['total']:
+            add(f'100-detection post-processing / EmbedMask end-to-end '
+                f'({size})', _ratio(pp['total'][100]['median_ms'],
+                                    med.get('embedmask')), 0.10)
+        ts = speed.get('train_step', {}).get('models', {})
+        tm = speed.get('memory', {}).get('train', {})
+        add('training step time: EmbedMask / CondInst',
+            _ratio(ts.get('embedmask', {}).get('median_ms'),
+                   ts.get('condinst', {}).get('median_ms')), 1.0)
+        add('training peak memory (RSS): EmbedMask / CondInst',
+            _ratio(tm.get('embedmask', {}).get('peak_rss_mb'),
+                   tm.get('condinst', {}).get('peak_rss_mb')), 1.0)
+    acc = (results.get('accuracy') or {}).get('models', {})
+    # a model that detected nothing gives no evidence either way
+    em, ci = ((acc.get(m) or {}).get('segm') if not (acc.get(m) or {}).get(
+        'no_detections') else None for m in ('embedmask', 'condinst'))
+    if acc:
+        for key, what, strict in (('mAP', 'segm AP', False),
+                                  ('mAP_75', 'segm AP75', True)):
+            diff = None if not (em and ci) else \
+                100 * (em[key] - ci[key])
+            entry_bound = 0.0
+            add(f'equal-budget {what}: EmbedMask - CondInst'
+                + (' (> 0)' if strict else ' (>= 0)'), diff, entry_bound,
+                upper=False, unit='points')
+            if strict and diff is not None:
+                out[-1]['met'] = diff > 0
+    return out
+
+
+# ---------------------------------------------------------------------- plots
+def plot_latency(speed: dict, path: str, device: str) -> None:
+    sizes = list(speed['latency'])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.2),
+                             squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        rows = speed['latency'][size]
+        names = list(rows)
+        med = [rows[m]['median_ms'] for m in names]
+        p90 = [rows[m]['p90_ms'] - rows[m]['median_ms'] for m in names]
+        colors = ['tab:red' if m == 'embedmask' else
+                  'tab:gray' if m in BOX_ONLY else 'tab:blue' for m in names]
+        bars = ax.bar(range(len(names)), med, yerr=[[0] * len(names), p90],
+                      color=colors, capsize=4)
+        for bar, v in zip(bars, med):
+            ax.annotate(f'{v:.0f}', (bar.get_x() + bar.get_width() / 2, v),
+                        ha='center', va='bottom', fontsize=8,
+                        xytext=(0, 2), textcoords='offset points')
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([_label(m) for m in names], rotation=25,
+                           ha='right', fontsize=8)
+        ax.set_ylabel('ms per image (median; whisker: p90)')
+        counts = {rows[m].get('dets') for m in names}
+        dets = f'{counts.pop()} detections each' if len(counts) == 1 \
+            else 'detection counts differ'
+        ax.set_title(f'{device.upper()} inference at {size}, {dets}')
+        ax.grid(axis='y', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_postproc(pp: dict, e2e_ms: Optional[float], path: str,
+                  device: str) -> None:
+    dets = sorted(pp['total'])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for part, style in (('total', 'o-'), ('mask_probability', 's--'),
+                        ('paste_masks', '^--')):
+        ax.plot(dets, [pp[part][n]['median_ms'] for n in dets], style,
+                label=part if part != 'total' else 'mask head predict (total)')
+    fit = pp['fit']
+    if fit['slope'] == fit['slope']:
+        xs = [0, max(dets)]
+        ax.plot(xs, [fit['intercept'] + fit['slope'] * x for x in xs], ':',
+                color='k', label=f'fit {fit["intercept"]:.3g} + '
+                f'{fit["slope"]:.3g}·N ms (R²={fit["r2"]:.4f})')
+    if e2e_ms:
+        ax.axhline(0.1 * e2e_ms, color='tab:red', lw=1,
+                   label=f'10 % of EmbedMask end-to-end ({0.1 * e2e_ms:.3g} ms)')
+    ax.set_xlabel('detections N')
+    ax.set_ylabel('ms (median)')
+    ax.set_title(f'EmbedMask mask post-processing, {device.upper()}, '
+                 f'{pp["size"]}')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_train(speed: dict, path: str, device: str) -> None:
+    ts = speed['train_step']['models']
+    mem = speed.get('memory', {}).get('train', {})
+    names = list(ts)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    key = 'cuda_peak_mb' if device == 'cuda' else 'peak_rss_mb'
+    for ax, vals, ylabel in (
+            (axes[0], [ts[m]['median_ms'] / 1e3 for m in names],
+             's per step (median)'),
+            (axes[1], [mem.get(m, {}).get(key, 0) for m in names],
+             'peak memory, MiB (' + ('CUDA allocated' if device == 'cuda'
+                                     else 'process RSS') + ')')):
+        colors = ['tab:red' if m == 'embedmask' else 'tab:blue'
+                  for m in names]
+        bars = ax.bar(range(len(names)), vals, color=colors)
+        for bar, v in zip(bars, vals):
+            ax.annotate(f'{v:.2f}' if v < 10 else f'{v:.0f}',
+                        (bar.get_x() + bar.get_width() / 2, v), ha='center',
+                        va='bottom', fontsize=8, xytext=(0, 2),
+                        textcoords='offset points')
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([_label(m) for m in names], rotation=25,
+                           ha='right', fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis='y', alpha=0.3)
+    size = speed['train_step']['size']
+    fig.suptitle(f'{device.upper()} training step, batch '
+                 f'{speed["train_step"]["batch"]} at {size}')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(acc: dict, path: str) -> None:
+    names = [m for m, r in acc['models'].items() if r]
+    keys = [('segm', 'mAP', 'segm AP'), ('segm', 'mAP_50', 'segm AP50'),
+            ('segm', 'mAP_75', 'segm AP75'), ('bbox', 'mAP', 'bbox AP')]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(keys)
+    drawn = 0
+    for k, (task, key, label) in enumerate(keys):
+        pos, vals = [], []
+        for i, m in enumerate(names):
+            v = (acc['models'][m].get(task) or {}).get(key)
+            if v is not None:  # SOLOv2 has no boxes
+                pos.append(i + (k - 1.5) * width)
+                vals.append(100 * v)
+        drawn += len(vals)
+        bars = ax.bar(pos, vals, width, label=label, color=f'C{k}')
+        for bar, v in zip(bars, vals):
+            ax.annotate(f'{v:.1f}', (bar.get_x() + bar.get_width() / 2, v),
+                        ha='center', va='bottom', fontsize=7,
+                        xytext=(0, 1), textcoords='offset points')
+    if not drawn:
+        ax.text(0.5, 0.5, 'no detections: AP not computed', ha='center',
+                transform=ax.transAxes)
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1] * 1.15, 1))
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([_label(m) for m in names])
+    ax.set_ylabel('COCO AP (%) on the synthetic val split')
+    ax.set_title(f'Equal budget: {acc["iters"]} iterations, same backbone, '
+                 'data, optimizer, schedule')
+    ax.grid(axis='y', alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------- markdown
+def _plot_name(kind: str, device: str) -> str:
+    base, ext = osp.splitext(PLOTS[kind])
+    return PLOTS[kind] if device == 'cpu' else f'{base}_{device}{ext}'
+
+
+def _speed_section(speed: dict, device: str, out_dir: str,
+                   written: List[str]) -> List[str]:
+    meta = speed['meta']
+    lines = [f'## {device.upper()}: {meta["device_name"]}', '']
+    lines += [f'Shared backbone + neck: **{meta["arch_desc"]}**; every model '
+              f'keeps exactly {meta["num_dets"]} detections (column '
+              '"dets" = the count each model actually returned). '
+              f'{meta["warmup"]} warm-up round(s), then {meta["reps"]} '
+              'interleaved repetitions (each repetition runs every model once, '
+              'round-robin). Latency = preprocessing + network + '
+              'post-processing + masks at the original size, batch 1. '
+              'Peak RSS: the peak of 2 predictions in a process of its own '
+              '(imported libraries and the model included: "RSS after build" '
+              'is that baseline).', '']
+    lat = speed.get('latency', {})
+    first = None
+    for size, rows in lat.items():
+        first = first or rows
+        em = rows.get('embedmask', {}).get('median_ms')
+        mem = speed.get('memory', {}).get('infer', {}).get(size, {})
+        lines.append(f'### Inference at {size}')
+        lines.append('')
+        header = ['model', 'dets', 'median ms', 'p90 ms',
+                  'EmbedMask / model', 'peak RSS MiB', 'RSS after build MiB']
+        if device == 'cuda':
+            header.append('peak CUDA MiB')
+        table = []
+        for m, r in rows.items():
+            row = [_label(m), r['dets'], _f(r['median_ms']), _f(r['p90_ms']),
+                   _f(_ratio(em, r['median_ms']), 3),
+                   _f(mem.get(m, {}).get('peak_rss_mb'), 0),
+                   _f(mem.get(m, {}).get('rss_built_mb'), 0)]
+            if device == 'cuda':
+                row.append(_f(mem.get(m, {}).get('cuda_peak_mb'), 0))
+            table.append(row)
+        lines += _table(header, table)
+        counts = sorted({r['dets'] for r in rows.values()})
+        lines += [f'All models returned {counts[0]} detections.' if len(counts)
+                  == 1 else '**Detection counts differ** (' + ', '.join(
+                      f'{_label(m)} {r["dets"]}' for m, r in rows.items()) +
+                  '): compare with care.', '']
+    if lat:
+        name = _plot_name('latency', device)
+        plot_latency(speed, osp.join(out_dir, name), device)
+        written.append(name)
+        lines += [f'![inference latency]({name})', '']
+    ts = speed.get('train_step')
+    if ts:
+        mem = speed.get('memory', {}).get('train', {})
+        ci = ts['models'].get('condinst', {}).get('median_ms')
+        ci_mem = mem.get('condinst', {}).get('peak_rss_mb')
+        lines += [f'### Training step, batch {ts["batch"]} at {ts["size"]}',
+                  '', 'Random images with a few synthetic gt boxes + masks; '
+                  'loss, backward, SGD step. '
+                  f'{ts["warmup"]} warm-up step(s), {ts["reps"]} interleaved '
+                  'timed steps per model; memory: peak of 2 steps in a process '
+                  'of its own (RSS includes the imported libraries and the '
+                  'model: "RSS after build" is that baseline).', '']
+        header = ['model', 'median s', 'p90 s', 'model / CondInst',
+                  'peak RSS MiB', 'RSS after build MiB', 'peak / CondInst']
+        if device == 'cuda':
+            header.append('peak CUDA MiB')
+        table = []
+        for m, r in ts['models'].items():
+            mm = mem.get(m, {})
+            row = [_label(m), _f(r['median_ms'] / 1e3, 2),
+                   _f(r['p90_ms'] / 1e3, 2),
+                   _f(_ratio(r['median_ms'], ci), 3),
+                   _f(mm.get('peak_rss_mb'), 0), _f(mm.get('rss_built_mb'), 0),
+                   _f(_ratio(mm.get('peak_rss_mb'), ci_mem), 3)]
+            if device == 'cuda':
+                row.append(_f(mm.get('cuda_peak_mb'), 0))
+            table.append(row)
+        lines += _table(header, table)
+        name = _plot_name('train', device)
+        plot_train(speed, osp.join(out_dir, name), device)
+        written.append(name)
+        lines += [f'![training step]({name})', '']
+    pp = speed.get('postproc')
+    if pp:
+        em = lat.get(pp['size'], {}).get('embedmask', {}).get('median_ms')
+        fit = pp['fit']
+        lines += [f'### EmbedMask mask post-processing vs detections '
+                  f'({pp["size"]})', '',
+                  'The mask head\'s predict path for one image from its pixel '
+                  f'embeddings ({"x".join(map(str, pp["pixel_embed_shape"]))}) '
+                  'and N detections: `mask_probability`, resampling to the '
+                  'original size and thresholding (`paste_masks`). '
+                  f'{pp["reps"]} interleaved repetitions.', '']
+        table = []
+        for n in sorted(pp['total']):
+            tot = pp['total'][n]
+            table.append([n, _f(tot['median_ms']), _f(tot['p90_ms']),
+                          _f(pp['mask_probability'][n]['median_ms']),
+                          _f(pp['paste_masks'][n]['median_ms']),
+                          _f(tot['median_ms'] / n, 2),
+                          _f(None if not em else 100 * tot['median_ms'] / em)])
+        lines += _table(['N', 'total median ms', 'total p90 ms',
+                         'mask_probability ms', 'paste_masks ms',
+                         'ms / detection', '% of EmbedMask end-to-end'],
+                        table)
+        lines += [f'Least-squares line: time = {_f(fit["intercept"], 2)} ms + '
+                  f'{_f(fit["slope"], 3)} ms x N, R^2 = {_f(fit["r2"], 4)} '
+                  f'({"linear" if fit["r2"] >= 0.98 else "not linear"} in N '
+                  'at R^2 >= 0.98).', '']
+        name = _plot_name('postproc', device)
+        plot_postproc(pp, em, osp.join(out_dir, name), device)
+        written.append(name)
+        lines += [f'![post-processing vs detections]({name})', '']
+    return lines
+
+
+def _accuracy_section(acc: dict, out_dir: str, written: List[str]
+                      ) -> List[str]:
+    lines = ['## Accuracy at equal budget', '',
+             f'Each model trained for **{acc["iters"]} iterations** on the '
+             f'built-in dataset ({acc["data"]}), '
+             f'{acc["setup"]}; evaluated with CocoMetric on the val split. '
+             + ('SOLOv2 predicts no boxes (bbox AP not applicable). '
+                if 'solov2' in acc['models'] else '') + 'AP in %.', '']
+    table = []
+    for m, r in acc['models'].items():
+        if not r:
+            table.append([_label(m)] + ['failed'] + ['-'] * 9)
+            continue
+        b, s = r.get('bbox') or {}, r.get('segm') or {}
+        label = _label(m) + (' (no detections)' if r.get('no_detections')
+                             else '')
+        table.append([label, _f(r['train_wall_s'] / 60, 1),
+                      _f(r.get('iter_s'), 2)] +
+                     [_f(None if b.get(k) is None else 100 * b[k])
+                      for k in ('mAP', 'mAP_50', 'mAP_75')] +
+                     [_f(None if s.get(k) is None else 100 * s[k])
+                      for k in ('mAP', 'mAP_50', 'mAP_75')] +
+                     [_f(r.get('final_loss'), 3)])
+    lines += _table(['model', 'train min (wall)', 's / iter', 'bbox AP',
+                     'bbox AP50', 'bbox AP75', 'segm AP', 'segm AP50',
+                     'segm AP75', 'last loss'], table)
+    if any(r for r in acc['models'].values()):
+        plot_accuracy(acc, osp.join(out_dir, PLOTS['accuracy']))
+        written.append(PLOTS['accuracy'])
+        lines += [f'![accuracy]({PLOTS["accuracy"]})', '']
+    lines += ['Work dirs (configs, logs, checkpoints): ' + ', '.join(
+        f'`{r["work_dir"]}`' for r in acc['models'].values() if r), '']
+    return lines
+
+
+def load_results(path: str) -> dict:
+    """A run's saved .json, with the detection counts of the post-processing
+    sweep turned back into ints (JSON keys are strings)."""
+    import json
+    with open(path) as f:
+        results = json.load(f)
+    for speed in results.get('speed', {}).values():
+        pp = speed.get('postproc')
+        if pp:
+            for part in ('total', 'mask_probability', 'paste_masks'):
+                pp[part] = {int(k): v for k, v in pp[part].items()}
+    return results
+
+
+def write_report(results: dict, out_path: str) -> List[str]:
+    """Writes the Markdown document and its plots; returns the files."""
+    out_dir = osp.dirname(osp.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    meta = results['meta']
+    written = []
+    lines = ['# Benchmarks', '',
+             '<!-- generated by tools/benchmark.py: do not edit by hand -->',
+             '',
+             'Every number on this page was measured by the run below, on one '
+             'machine; rerun it to refresh the page.', '',
+             '```', meta['command'], '```', '',
+             '## Machine', '']
+    lines += _table(['', ''], [[k, v] for k, v in meta['machine'].items()])
+    lines += ['## Headline ratios', '']
+    rows = []
+    for t in targets(results):
+        op = '<=' if t['upper'] else ('>' if 'AP75' in t['what'] else '>=')
+        value = _f(t['value'], 3 if t['unit'] == 'ratio' else 1)
+        verdict = {True: '**met**', False: '**not met**',
+                   None: 'not measured'}[t['met']]
+        rows.append([t['what'], value, f'{op} {t["bound"]:g}', verdict,
+                     t['margin']])
+    lines += _table(['target', 'measured', 'target', 'verdict', 'margin'],
+                    rows)
+    lines += ['## Models', '', meta['models_desc'], '']
+    for device, speed in results.get('speed', {}).items():
+        lines += _speed_section(speed, device, out_dir, written)
+    if results.get('accuracy'):
+        lines += _accuracy_section(results['accuracy'], out_dir, written)
+    else:
+        lines += ['## Accuracy at equal budget', '',
+                  'Skipped in this run (`--skip-train`).', '']
+    with open(out_path, 'w') as f:
+        f.write('\n'.join(lines))
+    return [osp.basename(out_path)] + written

@@ -1,0 +1,129 @@
+"""tools/benchmark.py on tiny inputs: every model row is produced with
+positive numbers, and the doc generator writes its tables and PNGs. No timing
+assertions (the numbers depend on the machine)."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from embedmask_mmdet.benchmark.measure import linear_fit
+from embedmask_mmdet.benchmark.models import LABELS, MODELS_ALL
+from embedmask_mmdet.benchmark.report import PLOTS, targets
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ACC_MODELS = ('embedmask', 'condinst')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('bench')
+    out = tmp / 'docs' / 'benchmarks.md'
+    cmd = [sys.executable, 'tools/benchmark.py', '--tiny', '--device', 'cpu',
+           '--acc-models', ','.join(ACC_MODELS), '--out', str(out),
+           '--work-dir', str(tmp / 'work')]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(osp.splitext(out)[0] + '.json') as f:
+        results = json.load(f)
+    return out, results, out.read_text()
+
+
+def _positive(row, keys):
+    for key in keys:
+        assert row[key] > 0, (key, row)
+
+
+def test_speed_rows_for_every_model(tiny_run):
+    _, results, _ = tiny_run
+    speed = results['speed']['cpu']
+    assert list(speed['latency']) == ['64x64']
+    rows = speed['latency']['64x64']
+    assert set(rows) == set(MODELS_ALL)
+    for row in rows.values():
+        _positive(row, ('median_ms', 'p90_ms', 'dets'))
+        assert row['p90_ms'] >= row['median_ms']
+    # detections held equal (tiny inputs still give every model 100)
+    assert {row['dets'] for row in rows.values()} == {100}
+    assert set(speed['train_step']['models']) == set(MODELS_ALL)
+    for row in speed['train_step']['models'].values():
+        _positive(row, ('median_ms', ))
+    for row in speed['memory']['train'].values():
+        _positive(row, ('peak_rss_mb', 'rss_built_mb'))
+    assert set(speed['memory']['infer']['64x64']) == set(MODELS_ALL)
+    for row in speed['memory']['infer']['64x64'].values():
+        assert row['peak_rss_mb'] >= row['rss_built_mb'] > 0
+    pp = speed['postproc']
+    assert sorted(int(n) for n in pp['total']) == [1, 10, 50, 100, 200]
+    for part in ('total', 'mask_probability', 'paste_masks'):
+        for row in pp[part].values():
+            _positive(row, ('median_ms', ))
+    assert 'r2' in pp['fit']
+
+
+def test_accuracy_rows(tiny_run):
+    _, results, _ = tiny_run
+    acc = results['accuracy']
+    assert acc['iters'] == 2
+    assert set(acc['models']) == set(ACC_MODELS)
+    for row in acc['models'].values():
+        assert row is not None
+        _positive(row, ('train_wall_s', 'test_wall_s', 'iter_s'))
+        assert osp.isdir(osp.join(ROOT, row['work_dir']))
+
+
+def test_document_and_plots(tiny_run):
+    out, results, text = tiny_run
+    assert results['meta']['command'].startswith('python tools/benchmark.py')
+    for heading in ('## Machine', '## Headline ratios', '### Inference at 64x64',
+                    '### Training step', '### EmbedMask mask post-processing',
+                    '## Accuracy at equal budget'):
+        assert heading in text, heading
+    for name in MODELS_ALL:
+        assert f'| {LABELS[name]} |' in text, name
+    assert 'EmbedMask / CondInst' in text and 'Least-squares line' in text
+    assert 'torch / mmcv / mmengine / mmdet' in text
+    for png in PLOTS.values():
+        path = out.parent / png
+        assert path.is_file() and path.stat().st_size > 5000, png
+        assert f']({png})' in text
+        assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_linear_fit():
+    x = np.array([1., 10., 50., 100., 200.])
+    fit = linear_fit(x, 3. + 0.5 * x)
+    assert fit['slope'] == pytest.approx(0.5)
+    assert fit['intercept'] == pytest.approx(3.)
+    assert fit['r2'] == pytest.approx(1.)
+    assert linear_fit(x, np.array([1., 9., 1., 9., 1.]))['r2'] < 0.5
+
+
+def test_targets_verdicts():
+    lat = {'800x1333': {'embedmask': dict(median_ms=80.), 'condinst':
+                        dict(median_ms=100.), 'fcos': dict(median_ms=60.)}}
+    cpu = dict(
+        latency=lat,
+        postproc=dict(size='800x1333', total={100: dict(median_ms=4.)}),
+        train_step=dict(models=dict(embedmask=dict(median_ms=9.),
+                                    condinst=dict(median_ms=10.))),
+        memory=dict(train=dict(embedmask=dict(peak_rss_mb=1100.),
+                               condinst=dict(peak_rss_mb=1000.))))
+    results = dict(
+        speed=dict(cpu=cpu),
+        accuracy=dict(models=dict(
+            embedmask=dict(segm=dict(mAP=0.5, mAP_75=0.5)),
+            condinst=dict(segm=dict(mAP=0.4, mAP_75=0.5)))))
+    got = targets(results)
+    assert len(got) == 7
+    # 0.8 <= 0.9 met; 80/60 = 1.33 > 1.15 not met; 4/80 = 5 % met;
+    # step 0.9 met; memory 1.1 not met; AP +10 points met; AP75 equal: not >
+    assert [t['met'] for t in got] == [True, False, True, True, False, True,
+                                       False]
+    assert [round(t['value'], 3) for t in got] == [0.8, 1.333, 0.05, 0.9, 1.1,
+                                                   10., 0.]
