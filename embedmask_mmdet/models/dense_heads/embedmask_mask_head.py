@@ -383,7 +383,8 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     w = min(w, math.ceil(img_shape[1] / stride) + 1)
     scale_h = stride * out_h / img_shape[0]
     scale_w = stride * out_w / img_shape[1]
-    masks = prob.new_zeros((num, out_h, out_w), dtype=torch.bool)
+    # every element is written by the loop below: no zero fill needed
+    masks = prob.new_empty((num, out_h, out_w), dtype=torch.bool)
     chunk = max(1, max_elements // max(out_h * out_w, 1))
     if boxes is not None:
         ys = torch.arange(out_h, device=prob.device, dtype=prob.dtype) + 0.5
@@ -399,11 +400,10 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
                   mode='replicate'), scale_factor=(scale_h, scale_w),
             mode='bilinear', align_corners=False,
             recompute_scale_factor=False)[0, :, :out_h, :out_w]
-        chunk_masks = upsampled > threshold
+        chunk_masks = torch.gt(upsampled, threshold, out=masks[i:i + chunk])
         if boxes is not None:
             b = boxes[i:i + chunk, :, None]
             in_y = (ys >= b[:, 1] - box_padding) & (ys <= b[:, 3] + box_padding)
             in_x = (xs >= b[:, 0] - box_padding) & (xs <= b[:, 2] + box_padding)
             chunk_masks &= in_y[:, :, None] & in_x[:, None, :]
-        masks[i:i + chunk] = chunk_masks
     return masks
