@@ -1,37 +1,22 @@
 """Bad input data: annotations, missing/corrupt/odd images, crowd RLEs, the corrupt-dataset tool (issue 7)."""
-import copy
 import json
-import logging
 import os
 import os.path as osp
-import pickle
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
-from mmengine.hooks import Hook
-from mmengine.logging import MessageHub, MMLogger
-from mmengine.registry import DefaultScope
 from pycocotools.coco import COCO
 
 import embedmask_mmdet  # noqa: F401
-from embedmask_mmdet.datasets import (SYNTHETIC_CLASSES, RobustCocoDataset,
-                                      RobustLoadImageFromFile,
-                                      generate_synthetic_coco)
+from embedmask_mmdet.datasets import (SYNTHETIC_CLASSES, RobustLoadImageFromFile)
 from embedmask_mmdet.datasets.transforms import jpeg_truncated
-from embedmask_mmdet.engine import (AtomicCheckpointHook, checkpoint_problem,
-                                    find_resume_checkpoint)
-from robustness_helpers import RecordStartIterHook, toy_runner
 
 torch.set_num_threads(1)
 register_all_modules(init_default_scope=True)

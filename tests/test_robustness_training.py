@@ -1,7 +1,5 @@
 """Faults in training: config mistakes, 0/300+ objects, non-finite losses, checkpoint write faults, a dying rank (issue 7)."""
 import copy
-import json
-import logging
 import os
 import os.path as osp
 import pickle
@@ -20,15 +18,10 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.hooks import Hook
-from mmengine.logging import MessageHub, MMLogger
-from mmengine.registry import DefaultScope
-from pycocotools.coco import COCO
+from mmengine.logging import MessageHub
 
 import embedmask_mmdet  # noqa: F401
-from embedmask_mmdet.datasets import (SYNTHETIC_CLASSES, RobustCocoDataset,
-                                      RobustLoadImageFromFile,
-                                      generate_synthetic_coco)
-from embedmask_mmdet.datasets.transforms import jpeg_truncated
+from embedmask_mmdet.datasets import (SYNTHETIC_CLASSES)
 from embedmask_mmdet.engine import (AtomicCheckpointHook, checkpoint_problem,
                                     find_resume_checkpoint)
 from robustness_helpers import RecordStartIterHook, toy_runner

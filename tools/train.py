@@ -13,7 +13,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from embedmask_mmdet.utils.dist import setup_cpu_distributed
+from embedmask_mmdet.utils.dist import load_tool_config, setup_cpu_distributed
 
 
 def parse_args(argv=None):
@@ -39,17 +39,7 @@ def parse_args(argv=None):
 
 
 def build_cfg(args) -> Config:
-    if not osp.isfile(args.config):
-        sys.exit(f'error: config file {args.config!r} not found')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args)
     if args.amp:
         if not torch.cuda.is_available():
             # mmengine's AmpOptimWrapper refuses CPUs; fail before building

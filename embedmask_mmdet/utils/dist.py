@@ -1,10 +1,29 @@
-"""Multi-process training and testing on machines without CUDA."""
+"""Config loading shared by tools/train.py and tools/test.py, and
+multi-process training and testing on machines without CUDA."""
 import datetime
+import os.path as osp
 import sys
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+
+
+def load_tool_config(args) -> Config:
+    """The config of ``args.config`` with ``--cfg-options``, ``--launcher``
+    and ``--work-dir`` applied (default work dir: work_dirs/<config name>)."""
+    if not osp.isfile(args.config):
+        sys.exit(f'error: config file {args.config!r} not found')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def setup_cpu_distributed(cfg: Config) -> None:

@@ -12,7 +12,8 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..utils import prior_margin_bias, proposal_margin
+from ..utils import (check_choice, check_embed_dim, prior_margin_bias,
+                     proposal_margin)
 
 PROPOSAL_HEADS = ('conv1_conv3', 'conv3')
 MARGIN_TYPES = ('per_dim', 'scalar', 'fixed')
@@ -20,9 +21,7 @@ SCORE_TYPES = ('cls_ctr', 'sqrt_cls_ctr')
 
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
-    if value not in choices:
-        raise ValueError(f'EmbedMaskBboxHead: {name}={value!r} is not supported; '
-                         f'use one of {tuple(choices)}')
+    check_choice('EmbedMaskBboxHead', name, value, choices)
 
 
 class ProposalEmbeddingHead(nn.Module):
@@ -125,9 +124,7 @@ class EmbedMaskBboxHead(CondInstBboxHead):
                  margin_type: str = 'per_dim',
                  sample_in_mask: bool = False,
                  **kwargs) -> None:
-        if not isinstance(embed_dim, int) or embed_dim < 3:
-            raise ValueError('EmbedMaskBboxHead: embed_dim must be an int >= 3 '
-                             f'(2 spatial + at least 1 free), got {embed_dim!r}')
+        check_embed_dim('EmbedMaskBboxHead', embed_dim)
         if prior_margin <= 0:
             raise ValueError('EmbedMaskBboxHead: prior_margin must be > 0, got '
                              f'{prior_margin!r}')

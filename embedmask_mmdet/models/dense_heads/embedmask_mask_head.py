@@ -16,8 +16,8 @@ from mmdet.utils import ConfigType, InstanceList, OptConfigType
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..utils import (location_map, mask_logit, mask_probability,
-                     spatial_embedding)
+from ..utils import (check_choice, check_embed_dim, location_map,
+                     mask_logit, mask_probability, spatial_embedding)
 
 # The two published pixel branches, as MaskFeatModule settings (levels are
 # indices into the neck outputs, 0 = P3).
@@ -88,12 +88,8 @@ class EmbedMaskMaskHead(BaseMaskHead):
                  test_cfg: OptConfigType = None,
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if not isinstance(embed_dim, int) or embed_dim < 3:
-            raise ValueError('EmbedMaskMaskHead: embed_dim must be an int >= 3 '
-                             f'(2 spatial + at least 1 free), got {embed_dim!r}')
-        if sampling not in SAMPLINGS:
-            raise ValueError(f'EmbedMaskMaskHead: sampling={sampling!r} is not '
-                             f'supported; use one of {SAMPLINGS}')
+        check_embed_dim('EmbedMaskMaskHead', embed_dim)
+        check_choice('EmbedMaskMaskHead', 'sampling', sampling, SAMPLINGS)
         if not 0 < prob_eps < 0.5:
             raise ValueError(f'EmbedMaskMaskHead: prob_eps must be in (0, 0.5), '
                              f'got {prob_eps!r}')
@@ -132,10 +128,8 @@ class EmbedMaskMaskHead(BaseMaskHead):
     def _init_pixel_branch(self, pixel_branch: ConfigType) -> None:
         cfg = dict(pixel_branch)
         branch_type = cfg.pop('type', 'p3p5_fusion')
-        if branch_type not in PIXEL_BRANCHES:
-            raise ValueError(
-                f'EmbedMaskMaskHead: pixel_branch.type={branch_type!r} is not '
-                f'supported; use one of {tuple(PIXEL_BRANCHES)}')
+        check_choice('EmbedMaskMaskHead', 'pixel_branch.type', branch_type,
+                     tuple(PIXEL_BRANCHES))
         settings = copy.deepcopy(PIXEL_BRANCHES[branch_type])
         settings.update(cfg)
         self.pixel_branch_type = branch_type

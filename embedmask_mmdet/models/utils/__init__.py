@@ -5,3 +5,6 @@ __all__ = [
     'location_map', 'mask_logit', 'mask_probability', 'prior_margin_bias',
     'proposal_margin', 'spatial_embedding'
 ]
+from .checks import check_choice, check_embed_dim  # noqa: E402
+
+__all__ += ['check_choice', 'check_embed_dim']
