@@ -15,4 +15,16 @@ model = dict(
         norm_eval=True,
         init_cfg=dict(type='Pretrained',
                       checkpoint='packaged://efficientnet-lite0')),
-    neck=dict(in_channels=[40, 112, 320]))
+    neck=dict(in_channels=[40, 112, 320]),
+    # stride-4 pixel embeddings (p at stride 4): small shapes need them
+    mask_head=dict(pixel_branch=dict(upsample_embedding=True)))
+
+# the demo schedule: about 16 minutes of training on 2 CPU cores
+max_iters = 1400
+train_cfg = dict(max_iters=max_iters, val_interval=700)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[1050, 1300], gamma=0.1)
+]
+default_hooks = dict(checkpoint=dict(interval=700))

@@ -34,6 +34,9 @@ PIXEL_BRANCHES = {
                      upsample_embedding=True),
 }
 SAMPLINGS = ('all_positives', 'best_iou_per_gt')
+# how masks reach the output resolution: resample p (the authors' way) or
+# resample the embeddings and evaluate p at every output pixel
+MASK_RESAMPLES = ('prob', 'embedding')
 
 
 @MODELS.register_module()
@@ -123,6 +126,8 @@ class EmbedMaskMaskHead(BaseMaskHead):
         thr = test_cfg.get('mask_thr', 0.5)
         if not 0 < thr < 1:
             raise ValueError(f'test_cfg.mask_thr must be in (0, 1), got {thr!r}')
+        check_choice('EmbedMaskMaskHead', 'test_cfg.mask_resample',
+                     test_cfg.get('mask_resample', 'prob'), MASK_RESAMPLES)
         return test_cfg
 
     def _init_pixel_branch(self, pixel_branch: ConfigType) -> None:
@@ -343,24 +348,96 @@ class EmbedMaskMaskHead(BaseMaskHead):
         results.bboxes = results.bboxes * scale.repeat(2)
         results.bboxes[:, 0::2] = results.bboxes[:, 0::2].clamp(0, out_w)
         results.bboxes[:, 1::2] = results.bboxes[:, 1::2].clamp(0, out_h)
-        prob = mask_probability(pixel_embed, self.proposal_embedding(results),
-                                results.margins)
-        results.masks = paste_masks(
-            prob, self.prob_stride, (img_h, img_w), (out_h, out_w),
-            threshold=cfg.get('mask_thr', 0.5),
-            boxes=results.bboxes if cfg.get('crop_to_box', False) else None,
-            box_padding=cfg.get('crop_padding', 2) * self.mask_out_stride *
-            float(scale.max()),
-            max_elements=cfg.get('max_paste_elements', 2**25))
+        boxes = results.bboxes if cfg.get('crop_to_box', False) else None
+        box_padding = cfg.get('crop_padding', 2) * self.mask_out_stride * \
+            float(scale.max())
+        threshold = cfg.get('mask_thr', 0.5)
+        max_elements = cfg.get('max_paste_elements', 2**25)
+        proposal_embed = self.proposal_embedding(results)
+        if cfg.get('mask_resample', 'prob') == 'prob':
+            prob = mask_probability(pixel_embed, proposal_embed,
+                                    results.margins)
+            results.masks = paste_masks(
+                prob, self.prob_stride, (img_h, img_w), (out_h, out_w),
+                threshold, boxes, box_padding, max_elements)
+            return results
+        # p at every output pixel from embeddings resampled there, with the
+        # pixel's exact coordinates: sub-cell mask boundaries
+        embed = self.pixel_embedding_at(pixel_embed, (img_h, img_w),
+                                        (out_h, out_w))
+        num = len(results)
+        masks = embed.new_empty((num, out_h, out_w), dtype=torch.bool)
+        chunk = max(1, max_elements // max(out_h * out_w, 1))
+        for i in range(0, num, chunk):
+            prob = mask_probability(embed, proposal_embed[i:i + chunk],
+                                    results.margins[i:i + chunk])
+            chunk_masks = torch.gt(prob, threshold, out=masks[i:i + chunk])
+            if boxes is not None:
+                crop_masks_to_boxes(chunk_masks, boxes[i:i + chunk],
+                                    box_padding)
+        results.masks = masks
         return results
+
+    def pixel_embedding_at(self, pixel_embed: Tensor, img_shape: Tuple[int, int],
+                           out_shape: Tuple[int, int]) -> Tensor:
+        """Pixel embeddings (D, out_h, out_w) at the pixels of an
+        ``out_shape`` image covering ``img_shape`` of the input: the conv part
+        resampled bilinearly, the coordinates those of each output pixel."""
+        cell_coords = location_map(*pixel_embed.shape[-2:], self.prob_stride,
+                                   pixel_embed.device, pixel_embed.dtype)
+        conv = torch.cat([
+            spatial_embedding(pixel_embed[:2], -cell_coords, self.coord_scale,
+                              self.coord_norm), pixel_embed[2:]
+        ])
+        conv = resample_to_output(conv, self.prob_stride, img_shape, out_shape)
+        out_coords = location_map(
+            out_shape[0], out_shape[1],
+            (img_shape[0] / out_shape[0], img_shape[1] / out_shape[1]),
+            conv.device, conv.dtype)
+        return torch.cat([
+            spatial_embedding(conv[:2], out_coords, self.coord_scale,
+                              self.coord_norm), conv[2:]
+        ])
+
+
+def resample_to_output(maps: Tensor, stride: int, img_shape: Tuple[int, int],
+                       out_shape: Tuple[int, int]) -> Tensor:
+    """Bilinearly resamples (C, h, w) maps of the padded input at stride
+    ``stride`` to (C, out_h, out_w) covering the un-padded ``img_shape``."""
+    h = min(maps.size(1), math.ceil(img_shape[0] / stride) + 1)
+    w = min(maps.size(2), math.ceil(img_shape[1] / stride) + 1)
+    out_h, out_w = out_shape
+    # rows/cols of cells that cover the image, one more for the bilinear
+    # neighbour at its border; one replicated row/col more so that
+    # floor(h * scale) never rounds to out_h - 1 on an unpadded side
+    maps = F.pad(maps[None, :, :h, :w], (0, 1, 0, 1), mode='replicate')
+    # an explicit scale (not recomputed from sizes) maps output pixel
+    # centres onto cell centres exactly
+    return F.interpolate(
+        maps, scale_factor=(stride * out_h / img_shape[0],
+                            stride * out_w / img_shape[1]),
+        mode='bilinear', align_corners=False,
+        recompute_scale_factor=False)[0, :, :out_h, :out_w]
+
+
+def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
+    """Clears (in place) mask pixels farther than ``padding`` outside their
+    box; masks (N, H, W) bool, boxes (N, 4) in the masks' coordinates."""
+    ys = torch.arange(masks.size(1), device=masks.device) + 0.5
+    xs = torch.arange(masks.size(2), device=masks.device) + 0.5
+    b = boxes[:, :, None]
+    in_y = (ys >= b[:, 1] - padding) & (ys <= b[:, 3] + padding)
+    in_x = (xs >= b[:, 0] - padding) & (xs <= b[:, 2] + padding)
+    masks &= in_y[:, :, None] & in_x[:, None, :]
+    return masks
 
 
 def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
                 out_shape: Tuple[int, int], threshold: float,
                 boxes: Optional[Tensor] = None, box_padding: float = 0.,
                 max_elements: int = 2**25) -> Tensor:
-    """Resamples stride-``stride`` probabilities of the padded input to
-    ``out_shape`` and thresholds them, in chunks of detections.
+    """Resamples stride-``stride`` probabilities (N, h, w) of the padded input
+    to ``out_shape`` and thresholds them, in chunks of detections.
 
     ``img_shape`` is the un-padded input size the output covers. With
     ``boxes`` (N, 4) in output coordinates, pixels farther than
@@ -369,35 +446,15 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     Returns:
         Tensor: (N, out_h, out_w) bool.
     """
-    num, h, w = prob.shape
+    num = prob.size(0)
     out_h, out_w = out_shape
-    # rows/cols of cells that cover the image, one more for the bilinear
-    # neighbour at its border; the padding beyond is never sampled
-    h = min(h, math.ceil(img_shape[0] / stride) + 1)
-    w = min(w, math.ceil(img_shape[1] / stride) + 1)
-    scale_h = stride * out_h / img_shape[0]
-    scale_w = stride * out_w / img_shape[1]
     # every element is written by the loop below: no zero fill needed
     masks = prob.new_empty((num, out_h, out_w), dtype=torch.bool)
     chunk = max(1, max_elements // max(out_h * out_w, 1))
-    if boxes is not None:
-        ys = torch.arange(out_h, device=prob.device, dtype=prob.dtype) + 0.5
-        xs = torch.arange(out_w, device=prob.device, dtype=prob.dtype) + 0.5
     for i in range(0, num, chunk):
-        # an explicit scale (not recomputed from sizes) maps output pixel
-        # centres onto cell centres exactly
-        # one replicated row/col (bilinear clamps there anyway): without it
-        # floor(h * scale_h) can round to out_h - 1 when h * stride == img_h
-        # (an unpadded side, e.g. 800 px resized from 427)
-        upsampled = F.interpolate(
-            F.pad(prob[None, i:i + chunk, :h, :w], (0, 1, 0, 1),
-                  mode='replicate'), scale_factor=(scale_h, scale_w),
-            mode='bilinear', align_corners=False,
-            recompute_scale_factor=False)[0, :, :out_h, :out_w]
+        upsampled = resample_to_output(prob[i:i + chunk], stride, img_shape,
+                                       out_shape)
         chunk_masks = torch.gt(upsampled, threshold, out=masks[i:i + chunk])
         if boxes is not None:
-            b = boxes[i:i + chunk, :, None]
-            in_y = (ys >= b[:, 1] - box_padding) & (ys <= b[:, 3] + box_padding)
-            in_x = (xs >= b[:, 0] - box_padding) & (xs <= b[:, 2] + box_padding)
-            chunk_masks &= in_y[:, :, None] & in_x[:, None, :]
+            crop_masks_to_boxes(chunk_masks, boxes[i:i + chunk], box_padding)
     return masks

@@ -34,19 +34,22 @@ def proposal_margin(log_margin: Tensor) -> Tensor:
     return log_margin.clamp(max=MAX_LOG_MARGIN).exp()
 
 
-def location_map(height: int, width: int, stride: int, device=None,
+def location_map(height: int, width: int, stride, device=None,
                  dtype=torch.float32) -> Tensor:
     """Image coordinates (x, y) of the cell centres of a stride-``stride`` map.
 
     Cell (i, j) covers [j*s, (j+1)*s) x [i*s, (i+1)*s); its centre
     ((j + 0.5) s, (i + 0.5) s) is also where mmdet's ``MlvlPointGenerator``
     puts the FCOS location, so proposals and pixels share one convention.
+    ``stride`` may be a (stride_y, stride_x) pair of floats (a resized grid).
 
     Returns:
         Tensor: (2, height, width).
     """
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * stride
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * stride
+    stride_y, stride_x = stride if isinstance(stride, (tuple, list)) \
+        else (stride, stride)
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * stride_y
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * stride_x
     return torch.stack([xs[None, :].expand(height, width),
                         ys[:, None].expand(height, width)])
 
