@@ -23,7 +23,7 @@ data: install
 demo: data
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR) --resume
 	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --work-dir $(DEMO_DIR)
-	$(PY) tools/demo.py $(DATA)/val $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --out-dir $(DEMO_DIR)/predictions --limit 12
+	$(PY) tools/demo.py $(DATA)/val $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --out-dir $(DEMO_DIR)/predictions --limit 12 --score-thr 0.5
 	$(PY) tools/plot_curves.py $(DEMO_DIR) --out $(DEMO_DIR)/loss_curve.png
 	$(PY) tools/print_metrics.py $(DEMO_DIR)/test_metrics.json
 
