@@ -111,7 +111,8 @@ def _mask_rcnn(model: ConfigDict, p: dict, num_classes: int) -> None:
 
 
 def _solov2(model: ConfigDict, p: dict, num_classes: int) -> None:
-    """Mask features from P3-P6 at stride 8 (not P2 at stride 4); the
+    """Mask features from P3-P5 at stride 8 (not P2-P5 at stride 4: P6 of an
+    800-px input, 13 cells, does not upsample back to P3's 100); the
     ``strides`` SOLOv2 only uses to drop masks of area <= stride cells are
     scaled by (4/8)^2 so the same image area is dropped."""
     w = p['width']
@@ -121,7 +122,7 @@ def _solov2(model: ConfigDict, p: dict, num_classes: int) -> None:
                 strides=[s // 4 for s in head.strides],
                 scale_ranges=[(lo * p['size_scale'], hi * p['size_scale'])
                               for lo, hi in head.scale_ranges])
-    head.mask_feature_head.update(in_channels=w,
+    head.mask_feature_head.update(in_channels=w, start_level=0, end_level=2,
                                   feat_channels=p['mask_feat_channels'],
                                   out_channels=w, mask_stride=p['strides'][0])
 
