@@ -197,7 +197,7 @@ def models_desc(args):
         '- Mask R-CNN and SOLOv2 were designed on P2-P6; here they read the '
         'shared P3-P7: Mask R-CNN anchors at the pyramid strides with scale '
         '4 (the same anchor sizes as its COCO config), RoIAlign on P3-P6; '
-        'SOLOv2 mask features from P3-P6 at stride 8 (instead of P2 at 4). '
+        'SOLOv2 mask features from P3-P5 at stride 8 (instead of P2-P5 at 4). '
         'YOLACT anchors at the pyramid strides (its config is for 550 px).',
         f'- Detections held equal: score thresholds 0 and {args.num_dets} kept '
         '(FCOS family `score_thr=0, max_per_img`; Mask R-CNN `rcnn.score_thr=0, '
