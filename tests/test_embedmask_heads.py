@@ -233,6 +233,52 @@ def test_loss_one_gt_and_gradients(design):
         assert p.grad.abs().sum() > 0, f'{name} has a zero gradient'
 
 
+P2_DESIGN = (dict(start_level=1),
+             dict(pixel_branch=dict(type='p2p5_fusion', feat_channels=8,
+                                    num_stacked_convs=1),
+                  semantic_level=1))
+
+
+def p2_pyramid(batch=1, seed=0):
+    """P2 (stride 4) in front of :func:`pyramid`'s P3-P7."""
+    g = torch.Generator().manual_seed(seed + 100)
+    p2 = torch.rand(batch, IN_CH, H // 4, W // 4, generator=g)
+    return (p2, ) + pyramid(batch=batch, seed=seed)
+
+
+def test_p2_pixel_branch_levels_strides_and_gradients():
+    """'p2p5_fusion': the box head reads P3-P7 (start_level=1), the pixel
+    branch fuses P2-P5 at stride 4, the semantic branch reads P3."""
+    bbox_p2, mask_p2 = build_heads('default', *P2_DESIGN)
+    bbox_p3, _ = build_heads('default')
+    bbox_p3.load_state_dict(bbox_p2.state_dict())
+    x = p2_pyramid(seed=1)
+    with torch.no_grad():
+        for a, b in zip(bbox_p2(x), bbox_p3(x[1:])):
+            for ta, tb in zip(a, b):
+                assert torch.equal(ta, tb)
+        pixel_embed, sem = mask_p2(x)
+    assert mask_p2.prob_stride == 4 and mask_p2.semantic_stride == 8
+    assert pixel_embed.shape == (1, EMBED_DIM, H // 4, W // 4)
+    assert sem.shape == (1, NUM_CLASSES, H // 8, W // 8)
+    losses, infos = run_losses(bbox_p2, mask_p2, x, [make_sample(ONE_GT)])
+    assert len(infos[0]) > 0
+    sum(losses.values()).backward()
+    for name, p in mask_p2.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # every fused level reaches the embedding
+    assert len(mask_p2.pixel_branch.convs_all_levels) == 4
+    # masks come out at the input size
+    _, results = predict(bbox_p2, mask_p2, x, [make_sample(ONE_GT)])
+    assert results[0].masks.shape[1:] == (H, W)
+
+
+def test_bbox_head_level_count_mismatch_is_an_error():
+    bbox_head, _ = build_heads('default', dict(start_level=1))
+    with pytest.raises(ValueError, match='start_level'):
+        bbox_head(pyramid())  # 5 levels, 4 after start_level
+
+
 def test_margin_scales_only_for_per_dim_margins():
     """margin_scales act on the per-dimension spatial margins; with one shared
     or a fixed margin they would be parameters without gradient (DDP
@@ -469,6 +515,7 @@ def test_sample_in_mask_ring_mask_without_positive():
     (dict(proposal_head='conv5'), 'proposal_head'),
     (dict(margin_type='per_pixel'), 'margin_type'),
     (dict(test_cfg=make_test_cfg(score_type='cls')), 'score_type'),
+    (dict(start_level=-1), 'start_level'),
 ])
 def test_bbox_head_config_errors(overrides, key):
     with pytest.raises(ValueError, match=key):
@@ -483,6 +530,10 @@ def test_bbox_head_config_errors(overrides, key):
     (dict(pixel_branch=dict(type='p2_tower')), 'pixel_branch'),
     (dict(sampling='top_k'), 'sampling'),
     (dict(prob_eps=0.), 'prob_eps'),
+    (dict(semantic_level=-1), 'semantic_level'),
+    # stride-4 branch upsampled to 2 would not match the stride-4 loss
+    (dict(pixel_branch=dict(type='p2p5_fusion', upsample_embedding=True)),
+     'mask_out_stride'),
 ])
 def test_mask_head_config_errors(overrides, key):
     with pytest.raises(ValueError, match=key):

@@ -112,6 +112,8 @@ class EmbedMaskBboxHead(CondInstBboxHead):
             shared by all dimensions, arXiv v1/v2) or 'fixed' (ln2/m^2).
         sample_in_mask (bool): A location is positive only if it lies inside
             its gt mask (FCOS-repo design).
+        start_level (int): First neck output the head reads: 1 when the neck
+            also outputs P2 for the pixel branch ('p2p5_fusion').
     """
 
     def __init__(self,
@@ -123,6 +125,7 @@ class EmbedMaskBboxHead(CondInstBboxHead):
                  proposal_channels: int = 128,
                  margin_type: str = 'per_dim',
                  sample_in_mask: bool = False,
+                 start_level: int = 0,
                  **kwargs) -> None:
         check_embed_dim('EmbedMaskBboxHead', embed_dim)
         if prior_margin <= 0:
@@ -140,6 +143,10 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         self.proposal_channels = proposal_channels
         self.margin_type = margin_type
         self.sample_in_mask = sample_in_mask
+        if not isinstance(start_level, int) or start_level < 0:
+            raise ValueError('EmbedMaskBboxHead: start_level must be an int '
+                             f'>= 0, got {start_level!r}')
+        self.start_level = start_level
         super().__init__(*args, num_params=2 * embed_dim, **kwargs)
         test_cfg = self.test_cfg or {}
         _check_choice('test_cfg.score_type', test_cfg.get('score_type', 'cls_ctr'),
@@ -162,6 +169,14 @@ class EmbedMaskBboxHead(CondInstBboxHead):
     def forward(self, x: Tuple[Tensor]) -> Tuple[List[Tensor], ...]:
         """Returns cls scores, bbox preds, centernesses and param preds
         ([embedding, margin], 2D channels) of every level."""
+        x = x[self.start_level:]
+        if len(x) != len(self.strides):
+            # zip() below would silently drop levels
+            raise ValueError(
+                f'EmbedMaskBboxHead: got {len(x)} neck levels from '
+                f'start_level={self.start_level} but strides has '
+                f'{len(self.strides)}; make neck.num_outs - start_level equal '
+                'len(bbox_head.strides)')
         margin_scales = self.margin_scales if self.margin_scales is not None \
             else [None] * len(self.strides)
         return multi_apply(self.forward_single, x, self.scales, self.strides,

@@ -19,8 +19,8 @@ from torch import Tensor
 from ..utils import (check_choice, check_embed_dim, location_map,
                      mask_logit, mask_probability, spatial_embedding)
 
-# The two published pixel branches, as MaskFeatModule settings (levels are
-# indices into the neck outputs, 0 = P3).
+# The two published pixel branches and one finer variant, as MaskFeatModule
+# settings (levels are indices into the neck outputs).
 PIXEL_BRANCHES = {
     # AdelaiDet port: P3-P5 fused, 4 BN convs, p at stride 8, upsampled.
     'p3p5_fusion': dict(start_level=0, end_level=2, feat_channels=128,
@@ -32,6 +32,12 @@ PIXEL_BRANCHES = {
                      num_stacked_convs=3,
                      norm_cfg=dict(type='GN', num_groups=32),
                      upsample_embedding=True),
+    # not in the paper: P2-P5 fused at stride 4 (the neck must also output P2
+    # as level 0, the box head then reads from level 1), so small objects'
+    # embeddings get stride-4 detail instead of an upsampled stride-8 map
+    'p2p5_fusion': dict(start_level=0, end_level=3, feat_channels=128,
+                        num_stacked_convs=4, norm_cfg=dict(type='BN'),
+                        upsample_embedding=False, mask_stride=4),
 }
 SAMPLINGS = ('all_positives', 'best_iou_per_gt')
 # how masks reach the output resolution: resample p (the authors' way) or
@@ -67,8 +73,11 @@ class EmbedMaskMaskHead(BaseMaskHead):
         prob_eps (float): p is clamped to [eps, 1-eps] before the logit.
         loss_mask (dict): Loss on mask logits (LovaszHingeLoss, or mmdet's
             DiceLoss / CrossEntropyLoss with use_sigmoid=True).
-        loss_semantic (dict, optional): Auxiliary semantic focal loss on P3.
+        loss_semantic (dict, optional): Auxiliary semantic focal loss.
         semantic_channels (int): Width of the semantic branch.
+        semantic_level (int, optional): Neck output the semantic branch reads;
+            None: the pixel branch's first level. Its stride is taken as
+            the pixel stride x 2^(levels above that one).
     """
 
     def __init__(self,
@@ -87,6 +96,7 @@ class EmbedMaskMaskHead(BaseMaskHead):
                      type='LovaszHingeLoss', loss_weight=1.0),
                  loss_semantic: OptConfigType = None,
                  semantic_channels: int = 128,
+                 semantic_level: Optional[int] = None,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  init_cfg=None) -> None:
@@ -113,6 +123,17 @@ class EmbedMaskMaskHead(BaseMaskHead):
             self.register_buffer('coord_scale', torch.tensor(
                 1. if with_coords else 0.), persistent=False)
         self._init_pixel_branch(pixel_branch)
+        if semantic_level is None:
+            semantic_level = self.pixel_start_level
+        if not isinstance(semantic_level, int) or \
+                semantic_level < self.pixel_start_level:
+            raise ValueError(
+                'EmbedMaskMaskHead: semantic_level must be an int >= the pixel '
+                f'branch start_level ({self.pixel_start_level}), got '
+                f'{semantic_level!r}')
+        self.semantic_level = semantic_level
+        self.semantic_stride = self.pixel_stride * 2**(
+            semantic_level - self.pixel_start_level)
         self.loss_mask = MODELS.build(loss_mask)
         self.loss_semantic = None
         if loss_semantic is not None:
@@ -138,6 +159,7 @@ class EmbedMaskMaskHead(BaseMaskHead):
         settings = copy.deepcopy(PIXEL_BRANCHES[branch_type])
         settings.update(cfg)
         self.pixel_branch_type = branch_type
+        self.pixel_start_level = settings['start_level']
         self.upsample_embedding = settings.pop('upsample_embedding')
         self.pixel_stride = settings.pop('mask_stride', 8)
         self.pixel_branch = MaskFeatModule(
@@ -145,6 +167,14 @@ class EmbedMaskMaskHead(BaseMaskHead):
             mask_stride=self.pixel_stride, **settings)
         self.prob_stride = self.pixel_stride // 2 if self.upsample_embedding \
             else self.pixel_stride
+        if self.prob_stride % self.mask_out_stride:
+            # p is upsampled by an integer factor to the loss's stride
+            raise ValueError(
+                f'EmbedMaskMaskHead: p comes at stride {self.prob_stride} '
+                f'(pixel_branch.mask_stride={self.pixel_stride}, '
+                f'upsample_embedding={self.upsample_embedding}), which must be '
+                f'a multiple of mask_out_stride={self.mask_out_stride}; set '
+                'upsample_embedding=False or a smaller mask_out_stride')
         self._norm_cfg = settings.get('norm_cfg')
 
     def _init_semantic_branch(self, channels: int) -> None:
@@ -196,7 +226,8 @@ class EmbedMaskMaskHead(BaseMaskHead):
         pixel_embed = self.pixel_embedding(x)
         sem_logits = None
         if self.training and self.loss_semantic is not None:
-            sem_logits = self.semantic_logits(self.semantic_convs(x[0]))
+            sem_logits = self.semantic_logits(
+                self.semantic_convs(x[self.semantic_level]))
         return pixel_embed, sem_logits
 
     def mask_prob_at_out_stride(self, pixel_embed: Tensor,
@@ -302,9 +333,10 @@ class EmbedMaskMaskHead(BaseMaskHead):
 
     def semantic_loss(self, sem_logits: Tensor,
                       batch_gt_instances: InstanceList) -> Tensor:
-        """Focal loss of the auxiliary per-pixel classification on P3."""
+        """Focal loss of the auxiliary per-pixel classification at
+        ``semantic_stride``."""
         b, c, h, w = sem_logits.shape
-        stride = self.pixel_stride
+        stride = self.semantic_stride
         targets = self.semantic_targets(batch_gt_instances, stride, (h, w))
         targets = targets.flatten()
         num_pos = max(float((targets < self.num_classes).sum()), 1.)
