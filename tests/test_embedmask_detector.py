@@ -257,3 +257,42 @@ def test_predict_without_detections(model):
     assert len(pred) == 0
     assert pred.bboxes.shape == (0, 4)
     assert pred.masks.shape == (0, 60, 75) and pred.masks.dtype == torch.bool
+
+
+def test_channels_last_same_losses_gradients_and_predictions():
+    """channels_last only changes the memory layout: same losses, gradients
+    and predictions as the default layout, from the same weights."""
+    torch.manual_seed(2)
+    ref = MODELS.build(tiny_model_cfg())
+    ref.init_weights()
+    cl = MODELS.build({**tiny_model_cfg(), 'channels_last': True})
+    cl.load_state_dict(ref.state_dict())
+    conv = cl.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()
+    losses = []
+    for m in (ref, cl):
+        m.train()
+        torch.manual_seed(3)  # max_masks_to_train's random choice
+        data = m.data_preprocessor(packed_batch(True), True)
+        out = m(**data, mode='loss')
+        sum(out.values()).backward()
+        losses.append(out)
+    for k in losses[0]:
+        torch.testing.assert_close(losses[1][k], losses[0][k], rtol=1e-4,
+                                   atol=1e-5)
+    for (name, p), q in zip(ref.named_parameters(), cl.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5,
+                                       msg=name)
+    preds = []
+    for m in (ref, cl):
+        m.eval()
+        data = m.data_preprocessor(packed_batch(False), False)
+        with torch.no_grad():
+            preds.append(m(**data, mode='predict'))
+    for a, b in zip(*preds):
+        a, b = a.pred_instances, b.pred_instances
+        torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b.bboxes, a.bboxes, rtol=1e-4, atol=1e-3)
+        assert (a.masks != b.masks).float().mean() < 1e-3

@@ -87,6 +87,51 @@ def test_lovasz_hinge_batched_equals_per_row():
     torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64))
 
 
+def full_sort_lovasz_hinge(logits, labels):
+    """The textbook form: every row fully sorted."""
+    labels = labels.to(logits.dtype)
+    errors = 1. - logits * (2. * labels - 1.)
+    errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
+    return (torch.relu(errors_sorted) * lovasz_grad(labels.gather(1, perm))
+            ).sum(dim=1)
+
+
+def test_lovasz_hinge_partial_sort_equals_full_sort_with_gradients():
+    """Mostly-confident rows (under 3/4 of the errors positive) take the
+    top-k path; loss and gradient equal the fully sorted form, and rows
+    whose errors are all <= 0 give exactly 0."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 2, (5, 400), generator=g)
+    signs = 2. * labels - 1.
+    logits = signs * (2. + torch.rand(5, 400, generator=g, dtype=torch.float64))
+    flip = torch.rand(5, 400, generator=g) < torch.tensor(
+        [0.02, 0.1, 0.3, 0., 0.05])[:, None]
+    logits = torch.where(flip, -logits * torch.rand(5, 400, generator=g,
+                                                    dtype=torch.float64),
+                         logits)
+    errors = 1. - logits * signs
+    assert 0 < int((errors > 0).sum(1).max()) < 200  # top-k path
+    assert int((errors[3] > 0).sum()) == 0
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    got = lovasz_hinge(a, labels)
+    ref = full_sort_lovasz_hinge(b, labels)
+    torch.testing.assert_close(got, ref)
+    assert got[3].item() == 0.
+    for row in (0, 1, 4):
+        assert got[row].item() == pytest.approx(lovasz_by_level_sets(
+            logits[row].tolist(), labels[row].tolist()), abs=1e-9)
+    got.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    # no positive error anywhere: zero with a graph
+    z = (signs * 5.).requires_grad_()
+    out = lovasz_hinge(z, labels)
+    assert torch.equal(out, torch.zeros(5, dtype=torch.float64))
+    out.sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
+
+
 def test_lovasz_hinge_at_binary_vertices_equals_jaccard_loss():
     """At m = indicator(M) the extension equals Δ_J(M) for every M: logit =
     sign (margin met, m = 0) or 0 (m = 1)."""

@@ -327,7 +327,9 @@ def accuracy_bench(args, save, results):
         f'iterations {sched[1]["milestones"]}, the same EfficientNet-Lite0 ('
         + ('random init' if args.tiny else
            'ImageNet weights from its pip package') +
-        ') + FPN-96 for every model, heads narrowed alike, seed 0')
+        ') + FPN-96 (P3-P7) for every model (EmbedMask\'s FPN also makes P2 '
+        'for its pixel branch and it trains in channels-last layout, as its '
+        'config says), heads narrowed alike, seed 0')
     results['accuracy'] = acc
     for m in names:
         log(f'accuracy: training {m} for {args.train_iters} iterations')

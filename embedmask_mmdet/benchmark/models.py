@@ -11,7 +11,9 @@ from our EmbedMask config of the chosen ``arch``:
   its number of stacked convs, its mask-feature width) and object-size
   hyper-parameters scaled like its FCOS size ranges (the accuracy rows).
 
-Mask R-CNN and SOLOv2 were designed on P2-P6; on the shared P3-P7 their
+When that EmbedMask config's FPN also outputs P2 (its box head reading from
+``start_level=1``), EmbedMask keeps it and the other models get the P3-P7
+pyramid of the same backbone. Mask R-CNN and SOLOv2 were designed on P2-P6; on the shared P3-P7 their
 stride-specific settings are adapted (see ``_mask_rcnn`` / ``_solov2``).
 ``init_cfg`` is None everywhere (nothing is downloaded) except the packaged
 Lite0 ImageNet weights when ``pretrained=True``.
@@ -67,6 +69,15 @@ def shared_parts(arch: str, pretrained: bool = False) -> dict:
     backbone = copy.deepcopy(em.backbone)
     if not (pretrained and arch == 'lite0'):
         backbone.init_cfg = None
+    neck = copy.deepcopy(em.neck)
+    own_backbone, own_neck = copy.deepcopy(backbone), copy.deepcopy(neck)
+    skip = em.bbox_head.get('start_level', 0)
+    if skip:
+        # EmbedMask's neck also makes P2 for its pixel branch ('p2p5_fusion');
+        # the other models get the P3-P7 pyramid its box head reads
+        backbone.out_indices = tuple(backbone.out_indices)[skip:]
+        neck.in_channels = list(neck.in_channels)[skip:]
+        neck.num_outs = neck.num_outs - skip
     pixel = dict(PIXEL_BRANCHES[em.mask_head.pixel_branch.get(
         'type', 'p3p5_fusion')])
     pixel.update({k: v for k, v in em.mask_head.pixel_branch.items()
@@ -75,7 +86,9 @@ def shared_parts(arch: str, pretrained: bool = False) -> dict:
     return dict(
         data_preprocessor=copy.deepcopy(em.data_preprocessor),
         backbone=backbone,
-        neck=copy.deepcopy(em.neck),
+        neck=neck,
+        embedmask_backbone=own_backbone,
+        embedmask_neck=own_neck,
         width=em.neck.out_channels,
         stacked_convs=box.stacked_convs,
         strides=list(box.strides),
@@ -172,8 +185,9 @@ def model_cfg(name: str, arch: str = 'r50', num_classes: int = None,
         elif name == 'yolact':
             _yolact(model, p, num_classes)
     model.data_preprocessor = p['data_preprocessor']
-    model.backbone = p['backbone']
-    model.neck = p['neck']
+    model.backbone = p['embedmask_backbone' if name == 'embedmask'
+                       else 'backbone']
+    model.neck = p['embedmask_neck' if name == 'embedmask' else 'neck']
     if name in BOX_ONLY:
         model.data_preprocessor.pad_mask = False
     return model
