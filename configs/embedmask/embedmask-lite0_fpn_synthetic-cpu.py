@@ -33,11 +33,11 @@ model = dict(
     test_cfg=dict(mask_resample='prob', mask_thr=0.4))
 
 # the demo schedule: about 16 minutes of training on 2 CPU cores
-max_iters = 1300
-train_cfg = dict(max_iters=max_iters, val_interval=650)
+max_iters = 1450
+train_cfg = dict(max_iters=max_iters, val_interval=725)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[975, 1210], gamma=0.1)
+         milestones=[1090, 1350], gamma=0.1)
 ]
-default_hooks = dict(checkpoint=dict(interval=650))
+default_hooks = dict(checkpoint=dict(interval=725))

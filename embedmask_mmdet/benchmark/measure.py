@@ -188,8 +188,8 @@ def postproc_sweep(model, size: Tuple[int, int], dets: Sequence[int],
     threshold) for each number of detections, and its two parts."""
     from embedmask_mmdet.models.utils import (mask_probability,
                                               prior_margin_bias)
-    from embedmask_mmdet.models.dense_heads.embedmask_mask_head import \
-        paste_masks
+    from embedmask_mmdet.models.dense_heads.embedmask_mask_head import (
+        MAX_PASTE_ELEMENTS, paste_masks)
     head = model.mask_head
     cfg = head.test_cfg or {}
     with torch.no_grad():
@@ -220,7 +220,8 @@ def postproc_sweep(model, size: Tuple[int, int], dets: Sequence[int],
                 return paste_masks(
                     probs[n], head.prob_stride, size, size,
                     threshold=cfg.get('mask_thr', 0.5),
-                    max_elements=cfg.get('max_paste_elements', 2**25))
+                    max_elements=cfg.get('max_paste_elements',
+                                         MAX_PASTE_ELEMENTS))
 
         fns[('total', n)] = total
         fns[('mask_probability', n)] = prob
