@@ -78,7 +78,7 @@ CONFIG_MISTAKES = [
     (dict(test_cfg=dict(mask_thr=0.)), r'mask_thr must be in \(0, 1\)'),
     (dict(mask_head=dict(pixel_branch=dict(type='p4_fusion'))),
      r"pixel_branch.type='p4_fusion' is not supported; use one of "
-     r"\('p3p5_fusion', 'p3_tower'\)"),
+     r"\('p3p5_fusion', 'p3_tower', 'p2p5_fusion'\)"),
     (dict(mask_head=dict(sampling='random')),
      r"sampling='random' is not supported; use one of \('all_positives', "
      r"'best_iou_per_gt'\)"),

@@ -18,7 +18,8 @@ from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from embedmask_mmdet.utils.dist import load_tool_config, setup_cpu_distributed
+from embedmask_mmdet.utils.dist import (finish_distributed, load_tool_config,
+                                        setup_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -67,6 +68,7 @@ def main(argv=None):
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1,
                       sort_keys=True)
         print(f'metrics written to {path}')
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -13,7 +13,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from embedmask_mmdet.utils.dist import load_tool_config, setup_cpu_distributed
+from embedmask_mmdet.utils.dist import (finish_distributed, load_tool_config,
+                                        setup_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -69,6 +70,7 @@ def main(argv=None):
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -57,3 +57,14 @@ def setup_cpu_distributed(cfg: Config) -> None:
             'MMDistributedDataParallel':
         wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
+
+
+def finish_distributed() -> None:
+    """Ends a distributed job cleanly: every rank waits for the others (rank
+    0 may still be writing the last checkpoint), then the process group is
+    destroyed. A rank that simply exits while gloo's threads still run dies
+    with 'terminate called without an active exception' (SIGABRT), and
+    torchrun reports the whole job as failed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
