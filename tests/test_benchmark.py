@@ -42,8 +42,8 @@ def _positive(row, keys):
 def test_speed_rows_for_every_model(tiny_run):
     _, results, _ = tiny_run
     speed = results['speed']['cpu']
-    assert list(speed['latency']) == ['64x64']
-    rows = speed['latency']['64x64']
+    assert list(speed['latency']) == ['96x96']
+    rows = speed['latency']['96x96']
     assert set(rows) == set(MODELS_ALL)
     for row in rows.values():
         _positive(row, ('median_ms', 'p90_ms', 'dets'))
@@ -55,8 +55,8 @@ def test_speed_rows_for_every_model(tiny_run):
         _positive(row, ('median_ms', ))
     for row in speed['memory']['train'].values():
         _positive(row, ('peak_rss_mb', 'rss_built_mb'))
-    assert set(speed['memory']['infer']['64x64']) == set(MODELS_ALL)
-    for row in speed['memory']['infer']['64x64'].values():
+    assert set(speed['memory']['infer']['96x96']) == set(MODELS_ALL)
+    for row in speed['memory']['infer']['96x96'].values():
         assert row['peak_rss_mb'] >= row['rss_built_mb'] > 0
     pp = speed['postproc']
     assert sorted(int(n) for n in pp['total']) == [1, 10, 50, 100, 200]
@@ -80,7 +80,7 @@ def test_accuracy_rows(tiny_run):
 def test_document_and_plots(tiny_run):
     out, results, text = tiny_run
     assert results['meta']['command'].startswith('python tools/benchmark.py')
-    for heading in ('## Machine', '## Headline ratios', '### Inference at 64x64',
+    for heading in ('## Machine', '## Headline ratios', '### Inference at 96x96',
                     '### Training step', '### EmbedMask mask post-processing',
                     '## Accuracy at equal budget'):
         assert heading in text, heading

@@ -38,8 +38,8 @@ from embedmask_mmdet.benchmark.report import (HEADLINE_SIZE,  # noqa: E402
 from embedmask_mmdet.benchmark.worker import measure_memory  # noqa: E402
 
 DEFAULT_TRAIN_ITERS = 300
-TINY = dict(sizes='64x64', reps=2, warmup=1, train_iters=2, train_step_reps=1,
-            size=64)
+TINY = dict(sizes='96x96', reps=2, warmup=1, train_iters=2, train_step_reps=1,
+            size=96)
 
 
 def _csv(text):
@@ -54,7 +54,7 @@ def parse_args(argv=None):
                    "'cpu', 'cuda' or 'cpu,cuda'")
     p.add_argument('--sizes', default=None,
                    help=f'HxW inference sizes (default {HEADLINE_SIZE},'
-                   '320x320; tiny: 64x64)')
+                   '320x320; tiny: 96x96)')
     p.add_argument('--reps', type=int, default=None,
                    help='timed repetitions per model (default 10; tiny: 2)')
     p.add_argument('--warmup', type=int, default=None,
