@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory):
     out = tmp / 'docs' / 'benchmarks.md'
     cmd = [sys.executable, 'tools/benchmark.py', '--tiny', '--device', 'cpu',
            '--acc-models', ','.join(ACC_MODELS), '--out', str(out),
-           '--work-dir', str(tmp / 'work')]
+           '--work-dir', str(tmp / 'work'), '--train-mem-reps', '2']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
@@ -55,6 +55,10 @@ def test_speed_rows_for_every_model(tiny_run):
         _positive(row, ('median_ms', ))
     for row in speed['memory']['train'].values():
         _positive(row, ('peak_rss_mb', 'rss_built_mb'))
+        # the median of two fresh processes
+        assert len(row['peak_rss_mb_runs']) == 2
+        assert min(row['peak_rss_mb_runs']) <= row['peak_rss_mb'] <= \
+            max(row['peak_rss_mb_runs'])
     assert set(speed['memory']['infer']['96x96']) == set(MODELS_ALL)
     for row in speed['memory']['infer']['96x96'].values():
         assert row['peak_rss_mb'] >= row['rss_built_mb'] > 0
@@ -64,6 +68,14 @@ def test_speed_rows_for_every_model(tiny_run):
         for row in pp[part].values():
             _positive(row, ('median_ms', ))
     assert 'r2' in pp['fit']
+    # EmbedMask vs FCOS stage by stage, with their end-to-end times
+    from embedmask_mmdet.benchmark.measure import BREAKDOWN_PARTS
+    bd = speed['breakdown']['models']
+    assert set(bd['embedmask']) == set(BREAKDOWN_PARTS) | {'end to end'}
+    assert set(bd['fcos']) == set(BREAKDOWN_PARTS[:3]) | {'end to end'}
+    for model in bd.values():
+        for row in model.values():
+            _positive(row, ('median_ms', ))
 
 
 def test_accuracy_rows(tiny_run):
@@ -82,11 +94,13 @@ def test_document_and_plots(tiny_run):
     assert results['meta']['command'].startswith('python tools/benchmark.py')
     for heading in ('## Machine', '## Headline ratios', '### Inference at 96x96',
                     '### Training step', '### EmbedMask mask post-processing',
+                    "### Where EmbedMask's time goes, next to FCOS (96x96)",
                     '## Accuracy at equal budget'):
         assert heading in text, heading
     for name in MODELS_ALL:
         assert f'| {LABELS[name]} |' in text, name
     assert 'EmbedMask / CondInst' in text and 'Least-squares line' in text
+    assert 'the median of 2 such processes' in text
     assert 'torch / mmcv / mmengine / mmdet' in text
     for png in PLOTS.values():
         path = out.parent / png

@@ -203,3 +203,23 @@ def test_spatial_embedding_adds_scaled_coordinates():
     torch.testing.assert_close(out, conv + coords / 50.)
     out.sum().backward()
     assert scale.grad.item() == pytest.approx(coords.sum().item() / 100.)
+
+
+def test_mask_logit_gradient_equals_autograd_of_the_formula():
+    """The custom backward (only p kept) equals autograd's through the
+    clamps, at the clamp bounds, 0, 1 and inside."""
+    eps = 1e-3
+    p = torch.tensor([0., eps / 2, eps, 0.3, 0.5, 1. - eps, 1. - eps / 2, 1.],
+                     dtype=torch.float64)
+    a = p.clone().requires_grad_()
+    b = p.clone().requires_grad_()
+    got = mask_logit(a, eps)
+    ref = torch.log(b.clamp(min=eps)) - torch.log((1. - b).clamp(min=eps))
+    torch.testing.assert_close(got, ref)
+    w = torch.linspace(-1., 2., len(p), dtype=torch.float64)
+    (got * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    x = torch.rand(4, 5, dtype=torch.float64).mul(0.98).add(0.01)
+    assert torch.autograd.gradcheck(lambda t: mask_logit(t, eps),
+                                    (x.requires_grad_(), ))

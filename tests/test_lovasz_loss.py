@@ -295,3 +295,27 @@ def test_module_finite_with_probabilities_exactly_zero_and_one():
     loss.backward()
     for t in (x, q, s):
         assert torch.isfinite(t.grad).all()
+
+
+def test_lovasz_hinge_full_sort_path_gradient_and_gradcheck():
+    """Rows with most errors positive take the full sort; the gradient
+    computed in the forward equals autograd's through the sorted form and
+    passes gradcheck (random float64 logits have no ties)."""
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 2, (4, 60), generator=g)
+    logits = torch.randn(4, 60, generator=g, dtype=torch.float64) * 0.3
+    errors = 1. - logits * (2. * labels - 1.)
+    assert 4 * int((errors > 0).sum(1).max()) >= 3 * 60  # full-sort path
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    got = lovasz_hinge(a, labels)
+    ref = full_sort_lovasz_hinge(b, labels)
+    torch.testing.assert_close(got, ref)
+    weights = torch.tensor([1., -2., 0.5, 3.], dtype=torch.float64)
+    (got * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert torch.autograd.gradcheck(lambda t: lovasz_hinge(t, labels),
+                                    (logits.clone().requires_grad_(), ))
+    with torch.no_grad():
+        torch.testing.assert_close(lovasz_hinge(logits, labels), ref.detach())

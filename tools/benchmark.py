@@ -29,6 +29,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:  # running from a checkout without an install
     sys.path.insert(0, ROOT)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from embedmask_mmdet.benchmark import accuracy, measure, models  # noqa: E402
@@ -37,9 +38,9 @@ from embedmask_mmdet.benchmark.report import (HEADLINE_SIZE,  # noqa: E402
                                               write_report)
 from embedmask_mmdet.benchmark.worker import measure_memory  # noqa: E402
 
-DEFAULT_TRAIN_ITERS = 300
+DEFAULT_TRAIN_ITERS = 600
 TINY = dict(sizes='96x96', reps=2, warmup=1, train_iters=2, train_step_reps=1,
-            size=96)
+            train_mem_reps=1, size=96)
 
 
 def _csv(text):
@@ -86,6 +87,9 @@ def parse_args(argv=None):
                    'largest of --sizes)')
     p.add_argument('--train-step-reps', type=int, default=None,
                    help='timed training steps per model (default 3)')
+    p.add_argument('--train-mem-reps', type=int, default=None,
+                   help='fresh processes measuring each model\'s training '
+                   'peak memory; the median is reported (default 3; tiny: 1)')
     p.add_argument('--postproc-dets', type=lambda t: [int(v) for v in _csv(t)],
                    default=[1, 10, 50, 100, 200],
                    help='detection counts of the post-processing sweep '
@@ -108,10 +112,10 @@ def parse_args(argv=None):
                 f'choose from {",".join(models.MODELS_ALL)}')
     t = TINY if args.tiny else dict(sizes=f'{HEADLINE_SIZE},320x320', reps=10,
                                     warmup=2, train_iters=DEFAULT_TRAIN_ITERS,
-                                    train_step_reps=3)
+                                    train_step_reps=3, train_mem_reps=3)
     t['arch'] = 'lite0' if args.tiny else 'r50'
     for key in ('sizes', 'reps', 'warmup', 'train_iters', 'train_step_reps',
-                'arch'):
+                'train_mem_reps', 'arch'):
         if getattr(args, key) is None:
             setattr(args, key, t[key])
     try:
@@ -121,8 +125,10 @@ def parse_args(argv=None):
                                               key=lambda s: s[0] * s[1])
     except ValueError:
         p.error('sizes are HEIGHTxWIDTH, e.g. 800x1333')
-    if args.reps < 1 or args.warmup < 0 or args.train_iters < 1:
-        p.error('--reps and --train-iters must be >= 1, --warmup >= 0')
+    if min(args.reps, args.train_iters, args.train_step_reps,
+           args.train_mem_reps) < 1 or args.warmup < 0:
+        p.error('--reps, --train-iters, --train-step-reps and '
+                '--train-mem-reps must be >= 1, --warmup >= 0')
     if args.device == 'auto':
         args.devices = ['cpu'] + (['cuda'] if torch.cuda.is_available()
                                   else [])
@@ -250,6 +256,14 @@ def speed_bench(args, device, save):
         out['postproc'] = pp
         log(f'  fit {pp["fit"]}')
         save()
+        if 'fcos' in built:
+            log(f'{device} EmbedMask vs FCOS stage by stage at {sz(size)}')
+            out['breakdown'] = dict(
+                size=sz(size), reps=args.reps,
+                models=measure.breakdown(
+                    {m: built[m] for m in ('embedmask', 'fcos')}, size,
+                    args.warmup, args.reps, device))
+            save()
     del built, fns
     gc.collect()
 
@@ -276,8 +290,18 @@ def speed_bench(args, device, save):
             # peak of 2 predictions: the detection count's, then one more
             mem['infer'].setdefault(sz(size), {})[m] = measure_memory(
                 dict(spec, model=m, mode='infer', size=list(size), steps=1))
-        mem['train'][m] = measure_memory(
-            dict(spec, model=m, mode='train', size=list(args.train_step_size)))
+        # the median of several fresh processes: one process's peak RSS
+        # varies by ~2 % with the allocator's layout
+        runs = [measure_memory(dict(spec, model=m, mode='train',
+                                    size=list(args.train_step_size)))
+                for _ in range(args.train_mem_reps)]
+        mem['train'][m] = dict(
+            peak_rss_mb=float(np.median([r['peak_rss_mb'] for r in runs])),
+            rss_built_mb=float(np.median([r['rss_built_mb'] for r in runs])),
+            peak_rss_mb_runs=[r['peak_rss_mb'] for r in runs])
+        if 'cuda_peak_mb' in runs[0]:
+            mem['train'][m]['cuda_peak_mb'] = float(
+                np.median([r['cuda_peak_mb'] for r in runs]))
         log(f'{device} memory {m}: infer ' + ', '.join(
             f'{s} {v[m]["peak_rss_mb"]:.0f} MiB'
             for s, v in mem['infer'].items()) +

@@ -247,3 +247,63 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> dict:
     ss_tot = float(((y - y.mean())**2).sum())
     r2 = 1. - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.
     return dict(slope=float(slope), intercept=float(intercept), r2=r2)
+
+
+# ------------------------------------------------ where EmbedMask's time goes
+BREAKDOWN_PARTS = ('preprocess + backbone + neck', 'box head convs',
+                   'box decoding + NMS', 'pixel branch',
+                   'masks (p, resample, threshold)')
+
+
+def breakdown(models: Dict[str, object], size: Tuple[int, int], warmup: int,
+              reps: int, device: str) -> dict:
+    """Median ms of each stage of the predict path of ``models`` (name ->
+    built FCOS-family model; EmbedMask's mask stages when it has a mask
+    head), every stage of every model interleaved in one loop, plus each
+    model's end-to-end time in the same loop so the parts can be checked
+    against the whole."""
+    data = make_batch(size)
+    fns = {}
+    for name, model in models.items():
+        with torch.no_grad():
+            batch = model.data_preprocessor(data, False)
+            feats = model.extract_feat(batch['inputs'])
+            head_out = model.bbox_head(feats)
+            metas = [s.metainfo for s in batch['data_samples']]
+            dets = model.bbox_head.predict_by_feat(
+                *head_out, batch_img_metas=metas, rescale=True)
+            mask_head = getattr(model, 'mask_head', None)
+            mask_out = mask_head(feats) if mask_head is not None else None
+
+        def no_grad(fn):
+            def run():
+                with torch.no_grad():
+                    return fn()
+            return run
+
+        parts = {
+            'preprocess + backbone + neck': lambda m=model: m.extract_feat(
+                m.data_preprocessor(data, False)['inputs']),
+            'box head convs': lambda m=model, f=feats: m.bbox_head(f),
+            'box decoding + NMS': lambda m=model, o=head_out, md=metas:
+            m.bbox_head.predict_by_feat(*o, batch_img_metas=md,
+                                        rescale=True),
+        }
+        if mask_out is not None:
+            parts['pixel branch'] = lambda h=mask_head, f=feats: h(f)
+            parts['masks (p, resample, threshold)'] = \
+                lambda h=mask_head, o=mask_out, d=dets, md=metas: \
+                h.predict_by_feat(*o, results_list=[r.clone() for r in d],
+                                  batch_img_metas=md, rescale=True)
+
+        def total(m=model):
+            return m(**m.data_preprocessor(data, False), mode='predict')
+
+        parts['end to end'] = total
+        for part, fn in parts.items():
+            fns[(name, part)] = no_grad(fn)
+    times = interleave(fns, warmup, reps, device)
+    out = {name: {} for name in models}
+    for (name, part), secs in times.items():
+        out[name][part] = summarize(secs)
+    return out

@@ -295,13 +295,17 @@ def _speed_section(speed: dict, device: str, out_dir: str,
         mem = speed.get('memory', {}).get('train', {})
         ci = ts['models'].get('condinst', {}).get('median_ms')
         ci_mem = mem.get('condinst', {}).get('peak_rss_mb')
+        mem_runs = len(next(iter(mem.values()), {}).get('peak_rss_mb_runs',
+                                                         [None]))
         lines += [f'### Training step, batch {ts["batch"]} at {ts["size"]}',
                   '', 'Random images with a few synthetic gt boxes + masks; '
                   'loss, backward, SGD step. '
                   f'{ts["warmup"]} warm-up step(s), {ts["reps"]} interleaved '
                   'timed steps per model; memory: peak of 2 steps in a process '
                   'of its own (RSS includes the imported libraries and the '
-                  'model: "RSS after build" is that baseline).', '']
+                  'model: "RSS after build" is that baseline)' +
+                  (f', the median of {mem_runs} such processes'
+                   if mem_runs > 1 else '') + '.', '']
         header = ['model', 'median s', 'p90 s', 'model / CondInst',
                   'peak RSS MiB', 'RSS after build MiB', 'peak / CondInst']
         if device == 'cuda':
@@ -353,7 +357,37 @@ def _speed_section(speed: dict, device: str, out_dir: str,
         plot_postproc(pp, em, osp.join(out_dir, name), device)
         written.append(name)
         lines += [f'![post-processing vs detections]({name})', '']
+    if speed.get('breakdown'):
+        lines += _breakdown_section(speed['breakdown'])
     return lines
+
+
+def _breakdown_section(bd: dict) -> List[str]:
+    """EmbedMask's predict path next to FCOS's, stage by stage."""
+    from .measure import BREAKDOWN_PARTS
+    em, fc = bd['models']['embedmask'], bd['models']['fcos']
+    fc_total = fc['end to end']['median_ms']
+
+    def ms(model, part):
+        return model.get(part, {}).get('median_ms')
+
+    table = []
+    for part in BREAKDOWN_PARTS + ('end to end', ):
+        a, b = ms(em, part), ms(fc, part)
+        diff = (a or 0.) - (b or 0.)
+        table.append([part, _f(a), _f(b), _f(diff),
+                      _f(100 * diff / fc_total, 1)])
+    parts_sum = sum(ms(em, p) or 0. for p in BREAKDOWN_PARTS)
+    return [f'### Where EmbedMask\'s time goes, next to FCOS ({bd["size"]})',
+            '', 'Each stage of the predict path timed on its own (median of '
+            f'{bd["reps"]} repetitions, every stage of both models interleaved '
+            'in one loop, with the end-to-end runs in the same loop); '
+            'the column "EmbedMask - FCOS" is EmbedMask\'s extra time, also as '
+            'a share of FCOS\'s end-to-end time. The EmbedMask stages sum to '
+            f'{_f(parts_sum)} ms against {_f(ms(em, "end to end"))} ms end to '
+            'end.', ''] + _table(
+                ['stage', 'EmbedMask ms', 'FCOS ms', 'EmbedMask - FCOS ms',
+                 '% of FCOS end-to-end'], table)
 
 
 def _accuracy_section(acc: dict, out_dir: str, written: List[str]

@@ -1,5 +1,5 @@
 """Binary Lovász hinge loss (Berman et al., CVPR 2018), the mask loss of EmbedMask."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmdet.models.losses.utils import weight_reduce_loss
 from mmdet.registry import MODELS
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def lovasz_grad(gt_sorted: Tensor, gts: Optional[Tensor] = None) -> Tensor:
@@ -46,9 +47,13 @@ def lovasz_hinge(logits: Tensor, labels: Tensor) -> Tensor:
     Returns:
         Tensor: (N,) loss per instance.
     """
-    if logits.numel() == 0:
-        # no pixels: zero that still carries the graph
-        return logits.sum(dim=1) * 0.
+    return _LovaszHinge.apply(logits, labels)
+
+
+def _lovasz_hinge_and_grad(logits: Tensor, labels: Tensor,
+                           with_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """The loss of :func:`lovasz_hinge` and, with ``with_grad``, its exact
+    gradient w.r.t. ``logits``: -sign · scatter_π(1[e > 0] · g)."""
     labels = labels.to(logits.dtype)
     signs = 2. * labels - 1.
     errors = 1. - logits * signs
@@ -57,16 +62,48 @@ def lovasz_hinge(logits: Tensor, labels: Tensor) -> Tensor:
     # count. So sorting the k largest errors per row (k = the most positive
     # errors of any row) gives the same loss and gradient as a full sort, and
     # is much cheaper once most pixels are confidently right.
-    k = int((errors > 0).sum(dim=1).max())
+    k = int((errors > 0).sum(dim=1).max()) if errors.numel() else 0
     if k == 0:
-        return F.relu(errors).sum(dim=1)  # all zero, graph kept
+        loss = logits.new_zeros(logits.shape[:1])
+        return loss, torch.zeros_like(logits) if with_grad else None
     if 4 * k < 3 * errors.size(1):  # top-k beats a full sort up to ~75 %
         errors_sorted, perm = torch.topk(errors, k, dim=1, sorted=True)
     else:
         errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
+    del errors
     # the ordering is a constant of the extension: no gradient through it
     grad = lovasz_grad(labels.gather(1, perm), labels.sum(dim=1, keepdim=True))
-    return (F.relu(errors_sorted) * grad).sum(dim=1)
+    loss = (F.relu(errors_sorted) * grad).sum(dim=1)
+    if not with_grad:
+        return loss, None
+    # d loss / d e_π(i) = 1[e_π(i) > 0] g_i (relu' is 0 at 0, as in autograd)
+    grad_sorted = torch.where(errors_sorted > 0, grad, grad.new_zeros(()))
+    grad_logits = torch.zeros_like(logits).scatter_(1, perm, grad_sorted)
+    return loss, grad_logits.mul_(-signs)
+
+
+class _LovaszHinge(torch.autograd.Function):
+    """Lovász hinge whose backward is the gradient computed in the forward.
+
+    Autograd would keep the signs, the int64 order, the sorted errors and the
+    weights of every (N, P) mask for the backward; this keeps one (N, P)
+    tensor, which matters with 500 masks at stride 4 of a COCO image.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor) -> Tensor:
+        loss, grad = _lovasz_hinge_and_grad(logits, labels,
+                                            ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor):
+        grad, = ctx.saved_tensors
+        if grad is None:
+            return None, None
+        return grad * grad_loss[:, None], None
 
 
 @MODELS.register_module()

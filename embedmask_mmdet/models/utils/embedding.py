@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 # exp() of a larger log-margin overflows float16 and makes p a step function
 MAX_LOG_MARGIN = 10.
@@ -102,7 +103,40 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
 def mask_logit(prob: Tensor, eps: float) -> Tensor:
     """logit(p) with p clamped to [eps, 1 - eps] so it never reaches ±inf.
 
-    1 - p is clamped rather than p: in float32 ``1 - eps`` rounds to 1 for
-    eps < 6e-8 (the FCOS repo's 1e-9), which would give logit(1) = inf.
+    logit = log(max(p, eps)) - log(max(1 - p, eps)). 1 - p is clamped rather
+    than p: in float32 ``1 - eps`` rounds to 1 for eps < 6e-8 (the FCOS
+    repo's 1e-9), which would give logit(1) = inf.
+
+    Args:
+        prob (Tensor): probabilities of any shape.
+        eps (float): clamp bound.
+
+    Returns:
+        Tensor: logits, same shape.
     """
-    return torch.log(prob.clamp(min=eps)) - torch.log((1. - prob).clamp(min=eps))
+    return _MaskLogit.apply(prob, eps)
+
+
+class _MaskLogit(torch.autograd.Function):
+    """:func:`mask_logit` keeping only ``prob`` for the backward (autograd
+    would keep four tensors of its size: the training masks of every
+    positive at stride 4)."""
+
+    @staticmethod
+    def forward(ctx, prob: Tensor, eps: float) -> Tensor:
+        ctx.eps = eps
+        ctx.save_for_backward(prob)
+        return torch.log(prob.clamp(min=eps)) - torch.log(
+            (1. - prob).clamp(min=eps))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        prob, = ctx.saved_tensors
+        eps = ctx.eps
+        neg = 1. - prob
+        # d/dp log(max(p, eps)) = 1/p where p >= eps (clamp passes the
+        # gradient at the bound, as autograd's clamp does), else 0
+        grad = torch.where(prob >= eps, prob.clamp(min=eps).reciprocal(), 0.)
+        grad += torch.where(neg >= eps, neg.clamp(min=eps).reciprocal(), 0.)
+        return grad.mul_(grad_out), None
