@@ -319,3 +319,14 @@ def test_lovasz_hinge_full_sort_path_gradient_and_gradcheck():
                                     (logits.clone().requires_grad_(), ))
     with torch.no_grad():
         torch.testing.assert_close(lovasz_hinge(logits, labels), ref.detach())
+
+
+@pytest.mark.parametrize('fill', [5., -5.])
+def test_lovasz_hinge_propagates_nan(fill):
+    """A NaN logit gives a NaN loss on the top-k path and on the
+    no-positive-error path alike, so the detector's non-finite guard sees
+    it."""
+    labels = torch.tensor([[1, 0, 1, 0]])
+    logits = (2. * labels - 1.) * fill
+    logits[0, 1] = float('nan')
+    assert torch.isnan(lovasz_hinge(logits, labels)).all()

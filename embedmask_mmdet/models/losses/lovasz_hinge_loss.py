@@ -64,7 +64,9 @@ def _lovasz_hinge_and_grad(logits: Tensor, labels: Tensor,
     # is much cheaper once most pixels are confidently right.
     k = int((errors > 0).sum(dim=1).max()) if errors.numel() else 0
     if k == 0:
-        loss = logits.new_zeros(logits.shape[:1])
+        # all zero, or NaN where a logit is NaN (the detector's guard must
+        # see it: NaN > 0 is False, so k alone would hide it)
+        loss = F.relu(errors).sum(dim=1)
         return loss, torch.zeros_like(logits) if with_grad else None
     if 4 * k < 3 * errors.size(1):  # top-k beats a full sort up to ~75 %
         errors_sorted, perm = torch.topk(errors, k, dim=1, sorted=True)
