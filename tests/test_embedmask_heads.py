@@ -757,8 +757,52 @@ def test_paste_masks_matches_bilinear_reference(stride, prob_shape, img_shape,
     ref = bilinear_reference(prob, stride, img_shape, out_shape)
     for thr in (0.3, 0.5):
         for max_elements in (2**25, out_shape[0] * out_shape[1]):  # chunks
-            masks = paste_masks(prob, stride, img_shape, out_shape, thr,
-                                max_elements=max_elements)
-            assert masks.shape == (3, *out_shape) and masks.dtype == torch.bool
-            undecided = (ref - thr).abs() < 1e-5
-            assert torch.equal(masks[~undecided], (ref > thr)[~undecided])
+            for regions in (False, True):
+                masks = paste_masks(prob, stride, img_shape, out_shape, thr,
+                                    max_elements=max_elements,
+                                    regions=regions)
+                assert masks.shape == (3, *out_shape) and \
+                    masks.dtype == torch.bool
+                undecided = (ref - thr).abs() < 1e-5
+                assert torch.equal(masks[~undecided], (ref > thr)[~undecided])
+
+
+@pytest.mark.parametrize('stride,prob_shape,img_shape,out_shape', [
+    (8, (16, 20), (128, 160), (128, 160)),  # identity scale
+    (8, (16, 20), (120, 150), (97, 203)),   # padded, non-integer scales
+    (4, (32, 40), (120, 150), (150, 190)),  # upscale
+])
+def test_paste_masks_regions_equal_whole_image(stride, prob_shape, img_shape,
+                                               out_shape):
+    """Blobs of every size (none above the threshold, a few cells, one cell
+    at a border, most of the image) pasted only inside their support
+    rectangles equal the whole-image path and the bilinear reference, with
+    the box crop too."""
+    h, w = prob_shape
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5,
+                            indexing='ij')
+    blobs = [(h / 2, w / 2, 0.3), (h / 3, w / 4, 1.5), (0., w - 1., 1.),
+             (h / 2, w / 2, 3 * max(h, w)), (h / 2, w / 2, 1e-3),
+             (h - 1., 2., 2.)]
+    prob = torch.stack([torch.exp(-((ys - cy)**2 + (xs - cx)**2) / (2 * r * r))
+                        for cy, cx, r in blobs])
+    prob[4] *= 0.2  # nothing above any threshold
+    ref = bilinear_reference(prob, stride, img_shape, out_shape)
+    g = torch.Generator().manual_seed(2)
+    centre = torch.rand(len(blobs), 2, generator=g) * torch.tensor(
+        [out_shape[1], out_shape[0]])
+    boxes = torch.cat([centre - 20, centre + 20], 1)
+    for thr in (0.3, 0.5, 0.9):
+        whole = paste_masks(prob, stride, img_shape, out_shape, thr,
+                            regions=False)
+        region = paste_masks(prob, stride, img_shape, out_shape, thr,
+                             regions=True)
+        assert torch.equal(region, whole)
+        undecided = (ref - thr).abs() < 1e-5
+        assert torch.equal(region[~undecided], (ref > thr)[~undecided])
+        assert not region[4].any() and region[3].any()
+        torch.testing.assert_close(
+            paste_masks(prob, stride, img_shape, out_shape, thr, boxes, 3.,
+                        regions=True),
+            paste_masks(prob, stride, img_shape, out_shape, thr, boxes, 3.,
+                        regions=False))

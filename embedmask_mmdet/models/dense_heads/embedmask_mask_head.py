@@ -18,6 +18,11 @@ from torch import Tensor
 
 from ..utils import (check_choice, check_embed_dim, location_map,
                      mask_logit, mask_probability, spatial_embedding)
+from ..utils.mask_paste import (MAX_PASTE_ELEMENTS, crop_masks_to_boxes,
+                                paste_masks, resample_to_output)
+
+__all__ = ['EmbedMaskMaskHead', 'MAX_PASTE_ELEMENTS', 'crop_masks_to_boxes',
+           'paste_masks', 'resample_to_output']
 
 # The two published pixel branches and one finer variant, as MaskFeatModule
 # settings (levels are indices into the neck outputs).
@@ -43,9 +48,6 @@ SAMPLINGS = ('all_positives', 'best_iou_per_gt')
 # how masks reach the output resolution: resample p (the authors' way) or
 # resample the embeddings and evaluate p at every output pixel
 MASK_RESAMPLES = ('prob', 'embedding')
-# floats resampled per chunk of detections (test_cfg.max_paste_elements): 8 MB
-# stays in the CPU's cache; 2**25 was 1.7x slower at 100 dets x 800x1333
-MAX_PASTE_ELEMENTS = 2**21
 
 
 @MODELS.register_module()
@@ -394,7 +396,8 @@ class EmbedMaskMaskHead(BaseMaskHead):
                                     results.margins)
             results.masks = paste_masks(
                 prob, self.prob_stride, (img_h, img_w), (out_h, out_w),
-                threshold, boxes, box_padding, max_elements)
+                threshold, boxes, box_padding, max_elements,
+                regions=cfg.get('paste_regions'))
             return results
         # p at every output pixel from embeddings resampled there, with the
         # pixel's exact coordinates: sub-cell mask boundaries
@@ -434,62 +437,3 @@ class EmbedMaskMaskHead(BaseMaskHead):
                               self.coord_norm), conv[2:]
         ])
 
-
-def resample_to_output(maps: Tensor, stride: int, img_shape: Tuple[int, int],
-                       out_shape: Tuple[int, int]) -> Tensor:
-    """Bilinearly resamples (C, h, w) maps of the padded input at stride
-    ``stride`` to (C, out_h, out_w) covering the un-padded ``img_shape``."""
-    h = min(maps.size(1), math.ceil(img_shape[0] / stride) + 1)
-    w = min(maps.size(2), math.ceil(img_shape[1] / stride) + 1)
-    out_h, out_w = out_shape
-    # rows/cols of cells that cover the image, one more for the bilinear
-    # neighbour at its border; one replicated row/col more so that
-    # floor(h * scale) never rounds to out_h - 1 on an unpadded side
-    maps = F.pad(maps[None, :, :h, :w], (0, 1, 0, 1), mode='replicate')
-    # an explicit scale (not recomputed from sizes) maps output pixel
-    # centres onto cell centres exactly
-    return F.interpolate(
-        maps, scale_factor=(stride * out_h / img_shape[0],
-                            stride * out_w / img_shape[1]),
-        mode='bilinear', align_corners=False,
-        recompute_scale_factor=False)[0, :, :out_h, :out_w]
-
-
-def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
-    """Clears (in place) mask pixels farther than ``padding`` outside their
-    box; masks (N, H, W) bool, boxes (N, 4) in the masks' coordinates."""
-    ys = torch.arange(masks.size(1), device=masks.device) + 0.5
-    xs = torch.arange(masks.size(2), device=masks.device) + 0.5
-    b = boxes[:, :, None]
-    in_y = (ys >= b[:, 1] - padding) & (ys <= b[:, 3] + padding)
-    in_x = (xs >= b[:, 0] - padding) & (xs <= b[:, 2] + padding)
-    masks &= in_y[:, :, None] & in_x[:, None, :]
-    return masks
-
-
-def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
-                out_shape: Tuple[int, int], threshold: float,
-                boxes: Optional[Tensor] = None, box_padding: float = 0.,
-                max_elements: int = MAX_PASTE_ELEMENTS) -> Tensor:
-    """Resamples stride-``stride`` probabilities (N, h, w) of the padded input
-    to ``out_shape`` and thresholds them, in chunks of detections.
-
-    ``img_shape`` is the un-padded input size the output covers. With
-    ``boxes`` (N, 4) in output coordinates, pixels farther than
-    ``box_padding`` outside a box are background.
-
-    Returns:
-        Tensor: (N, out_h, out_w) bool.
-    """
-    num = prob.size(0)
-    out_h, out_w = out_shape
-    # every element is written by the loop below: no zero fill needed
-    masks = prob.new_empty((num, out_h, out_w), dtype=torch.bool)
-    chunk = max(1, max_elements // max(out_h * out_w, 1))
-    for i in range(0, num, chunk):
-        upsampled = resample_to_output(prob[i:i + chunk], stride, img_shape,
-                                       out_shape)
-        chunk_masks = torch.gt(upsampled, threshold, out=masks[i:i + chunk])
-        if boxes is not None:
-            crop_masks_to_boxes(chunk_masks, boxes[i:i + chunk], box_padding)
-    return masks
