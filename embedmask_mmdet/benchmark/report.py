@@ -335,7 +335,10 @@ def _speed_section(speed: dict, device: str, out_dir: str,
                   'The mask head\'s predict path for one image from its pixel '
                   f'embeddings ({"x".join(map(str, pp["pixel_embed_shape"]))}) '
                   'and N detections: `mask_probability`, resampling to the '
-                  'original size and thresholding (`paste_masks`). '
+                  'original size and thresholding (`paste_masks`; on a CPU '
+                  'each detection is resampled only inside the rectangle '
+                  'around its cells above the threshold, which gives the same '
+                  'masks as resampling the whole image). '
                   f'{pp["reps"]} interleaved repetitions.', '']
         table = []
         for n in sorted(pp['total']):
