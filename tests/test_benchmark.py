@@ -15,7 +15,7 @@ from embedmask_mmdet.benchmark.models import LABELS, MODELS_ALL
 from embedmask_mmdet.benchmark.report import PLOTS, targets
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-ACC_MODELS = ('embedmask', 'condinst')
+ACC_MODELS = ('embedmask', 'condinst', 'embedmask_boxonly')
 
 
 @pytest.fixture(scope='module')
@@ -87,6 +87,14 @@ def test_accuracy_rows(tiny_run):
         assert row is not None
         _positive(row, ('train_wall_s', 'test_wall_s', 'iter_s'))
         assert osp.isdir(osp.join(ROOT, row['work_dir']))
+    # the diagnostic row trained EmbedMask with its mask losses off
+    from mmengine.config import Config
+    work = osp.join(ROOT, acc['models']['embedmask_boxonly']['work_dir'])
+    cfg = Config.fromfile(osp.join(work, 'bench_embedmask_boxonly.py'))
+    assert cfg.model.type == 'EmbedMask'
+    assert cfg.model.mask_head.loss_mask.loss_weight == 0.
+    assert cfg.model.mask_head.loss_semantic.loss_weight == 0.
+    assert cfg.model.bbox_head.loss_cls.loss_weight == 1.
 
 
 def test_document_and_plots(tiny_run):
@@ -101,6 +109,7 @@ def test_document_and_plots(tiny_run):
         assert f'| {LABELS[name]} |' in text, name
     assert 'EmbedMask / CondInst' in text and 'Least-squares line' in text
     assert 'the median of 2 such processes' in text
+    assert '| EmbedMask, box losses only (diagnostic)' in text
     assert 'torch / mmcv / mmengine / mmdet' in text
     for png in PLOTS.values():
         path = out.parent / png

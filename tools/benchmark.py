@@ -70,7 +70,9 @@ def parse_args(argv=None):
                    ','.join(models.MODELS_ALL))
     p.add_argument('--acc-models', type=_csv, default=None,
                    help='models of the accuracy rows (default: --models '
-                   'except the box-only FCOS)')
+                   'except the box-only FCOS); also embedmask_boxonly: '
+                   'EmbedMask with its mask and semantic loss weights 0, a '
+                   'diagnostic row')
     p.add_argument('--out', default='docs/benchmarks.md',
                    help='Markdown output (default docs/benchmarks.md); plots '
                    'and the .json go beside it')
@@ -106,10 +108,13 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.acc_models is None:
         args.acc_models = [m for m in args.models if m not in models.BOX_ONLY]
-    unknown = set(args.models + args.acc_models) - set(models.MODELS_ALL)
+    unknown = set(args.models) - set(models.MODELS_ALL)
+    unknown |= set(args.acc_models) - set(models.MODELS_ALL) - set(
+        accuracy.VARIANTS)
     if unknown:
-        p.error(f'unknown --models {sorted(unknown)}; '
-                f'choose from {",".join(models.MODELS_ALL)}')
+        p.error(f'unknown --models/--acc-models {sorted(unknown)}; choose from '
+                f'{",".join(models.MODELS_ALL)} (--acc-models also '
+                f'{",".join(accuracy.VARIANTS)})')
     t = TINY if args.tiny else dict(sizes=f'{HEADLINE_SIZE},320x320', reps=10,
                                     warmup=2, train_iters=DEFAULT_TRAIN_ITERS,
                                     train_step_reps=3, train_mem_reps=3)

@@ -16,6 +16,10 @@ from mmengine.config import Config
 from .models import LITE0_CONFIG, NO_BOXES, ROOT, model_cfg
 
 METRIC_KEYS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
+# accuracy-only variants: (model, loss weights to zero). 'embedmask_boxonly'
+# trains EmbedMask's box head alone, showing what its mask and semantic
+# losses cost the detections at the same budget (its masks are untrained)
+VARIANTS = {'embedmask_boxonly': ('embedmask', ('loss_mask', 'loss_semantic'))}
 
 
 def _set_scale(pipeline, scale) -> None:
@@ -30,7 +34,10 @@ def runner_cfg(name: str, iters: int, work_dir: str, data_root: str,
     """The Lite CPU config with ``name``'s model on its backbone + neck, a
     schedule of ``iters`` iterations and no validation during training."""
     cfg = Config.fromfile(LITE0_CONFIG)
-    cfg.model = model_cfg(name, 'lite0', pretrained=pretrained)
+    base, zeroed = VARIANTS.get(name, (name, ()))
+    cfg.model = model_cfg(base, 'lite0', pretrained=pretrained)
+    for loss in zeroed:
+        cfg.model.mask_head[loss].loss_weight = 0.
     cfg.work_dir = work_dir
     data_root = data_root.rstrip('/') + '/'
     for loader in (cfg.train_dataloader, cfg.test_dataloader):
