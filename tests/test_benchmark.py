@@ -52,7 +52,10 @@ def test_speed_rows_for_every_model(tiny_run):
     assert {row['dets'] for row in rows.values()} == {100}
     assert set(speed['train_step']['models']) == set(MODELS_ALL)
     for row in speed['train_step']['models'].values():
-        _positive(row, ('median_ms', ))
+        _positive(row, ('median_ms', 'saved_mb'))
+    # mmdet's FocalLoss keeps more tensors than FusedFocalLoss
+    assert speed['train_step']['embedmask_mmdet_focal_saved_mb'] > \
+        speed['train_step']['models']['embedmask']['saved_mb']
     for row in speed['memory']['train'].values():
         _positive(row, ('peak_rss_mb', 'rss_built_mb'))
         # the median of two fresh processes
@@ -109,6 +112,7 @@ def test_document_and_plots(tiny_run):
         assert f'| {LABELS[name]} |' in text, name
     assert 'EmbedMask / CondInst' in text and 'Least-squares line' in text
     assert 'the median of 2 such processes' in text
+    assert 'saved for backward MiB' in text and 'FusedFocalLoss' in text
     assert '| EmbedMask, box losses only (diagnostic)' in text
     assert 'torch / mmcv / mmengine / mmdet' in text
     for png in PLOTS.values():

@@ -806,3 +806,32 @@ def test_paste_masks_regions_equal_whole_image(stride, prob_shape, img_shape,
                         regions=True),
             paste_masks(prob, stride, img_shape, out_shape, thr, boxes, 3.,
                         regions=False))
+
+
+@pytest.mark.parametrize('max_elements', [2**21, 3000])
+def test_paste_masks_batched_regions_many_detections(max_elements):
+    """Many detections of mixed sizes, several sharing a size class and some
+    touching the image border (windows shifted inside it), batched into one
+    group or split by a small element budget: equal to the whole image."""
+    stride, prob_shape, img_shape, out_shape = 4, (30, 38), (118, 150), \
+        (177, 225)
+    h, w = prob_shape
+    g = torch.Generator().manual_seed(5)
+    num = 40
+    cy = torch.rand(num, generator=g) * h
+    cx = torch.rand(num, generator=g) * w
+    cy[:4] = torch.tensor([0., h - 0.5, 3., h / 2])
+    cx[:4] = torch.tensor([2., w / 2, w - 0.5, 0.])
+    r = 0.5 + torch.rand(num, generator=g) * 3
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5,
+                            indexing='ij')
+    prob = torch.exp(-((ys - cy[:, None, None])**2 +
+                       (xs - cx[:, None, None])**2) /
+                     (2 * r[:, None, None]**2))
+    for thr in (0.2, 0.5):
+        whole = paste_masks(prob, stride, img_shape, out_shape, thr,
+                            regions=False)
+        region = paste_masks(prob, stride, img_shape, out_shape, thr,
+                             max_elements=max_elements, regions=True)
+        assert whole.any(dim=(1, 2)).all()
+        assert torch.equal(region, whole)

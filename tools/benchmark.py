@@ -272,10 +272,10 @@ def speed_bench(args, device, save):
     del built, fns
     gc.collect()
 
-    steppers = {}
+    steppers, trained = {}, {}
     for m in args.models:
-        model = measure.build(m, arch, device, train=True)
-        steppers[m] = measure.train_stepper(model, args.train_step_size,
+        trained[m] = measure.build(m, arch, device, train=True)
+        steppers[m] = measure.train_stepper(trained[m], args.train_step_size,
                                             device, num_classes=num_classes)
     log(f'{device} training steps at {sz(args.train_step_size)}')
     times = measure.interleave(steppers, 1, args.train_step_reps, device)
@@ -283,7 +283,19 @@ def speed_bench(args, device, save):
         size=sz(args.train_step_size), batch=2, warmup=1,
         reps=args.train_step_reps,
         models={m: measure.summarize(times[m]) for m in args.models})
-    del steppers, model
+    for m, model in trained.items():
+        out['train_step']['models'][m]['saved_mb'] = \
+            measure.saved_for_backward_mb(model, args.train_step_size,
+                                          num_classes=num_classes)
+    if 'embedmask' in trained:
+        # what EmbedMask's fused focal loss saves, for a like-for-like
+        # reading of the memory columns (CondInst uses mmdet's FocalLoss)
+        model = measure.build('embedmask', arch, device, train=True,
+                              mmdet_focal=True)
+        out['train_step']['embedmask_mmdet_focal_saved_mb'] = \
+            measure.saved_for_backward_mb(model, args.train_step_size,
+                                          num_classes=num_classes)
+    del steppers, trained, model
     gc.collect()
     save()
 

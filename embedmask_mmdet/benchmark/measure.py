@@ -11,7 +11,8 @@ from mmdet.structures import DetDataSample
 from mmdet.structures.mask import BitmapMasks
 from mmengine.structures import InstanceData
 
-from .models import calibrate_solov2, hold_detections, model_cfg
+from .models import (calibrate_solov2, hold_detections, model_cfg,
+                     with_mmdet_focal)
 
 
 def register() -> None:
@@ -107,9 +108,12 @@ def summarize(seconds: Sequence[float]) -> dict:
 
 # ----------------------------------------------------------------- the models
 def build(name: str, arch: str, device: str, num_dets: int = 100,
-          train: bool = False):
+          train: bool = False, mmdet_focal: bool = False):
+    """``mmdet_focal``: mmdet's FocalLoss in place of FusedFocalLoss."""
     from mmdet.registry import MODELS
     cfg = model_cfg(name, arch)
+    if mmdet_focal:
+        cfg = with_mmdet_focal(cfg)
     if not train:
         cfg = hold_detections(name, cfg, num_dets)
     model = MODELS.build(cfg)
@@ -158,6 +162,27 @@ def train_stepper(model, size: Tuple[int, int], device: str, batch: int = 2,
         return float(loss)
 
     return step
+
+
+def saved_for_backward_mb(model, size: Tuple[int, int], batch: int = 2,
+                          num_classes: int = 80) -> float:
+    """MiB of the tensors autograd keeps for the backward of one training
+    forward (each storage counted once): the activation memory of a step,
+    free of the allocator's noise that peak RSS carries."""
+    data = make_batch(size, batch=batch, with_gt=True, num_classes=num_classes,
+                      seed=1)
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    batch_data = model.data_preprocessor(data, True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        losses = model(**batch_data, mode='loss')
+    del losses
+    return sum(storages.values()) / 2**20
 
 
 # -------------------------------------------------- EmbedMask post-processing

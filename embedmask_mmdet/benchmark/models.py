@@ -194,6 +194,17 @@ def model_cfg(name: str, arch: str = 'r50', num_classes: int = None,
     return model
 
 
+def with_mmdet_focal(model: ConfigDict) -> ConfigDict:
+    """``model`` with mmdet's ``FocalLoss`` wherever it uses our
+    ``FusedFocalLoss`` (same loss and gradient, more saved tensors)."""
+    model = copy.deepcopy(model)
+    for head in ('bbox_head', 'mask_head'):
+        for key, loss in model.get(head, {}).items():
+            if isinstance(loss, dict) and loss.get('type') == 'FusedFocalLoss':
+                loss.type = 'FocalLoss'
+    return model
+
+
 def hold_detections(name: str, model: ConfigDict, num_dets: int = 100
                     ) -> ConfigDict:
     """Test settings that make every model output ``num_dets`` detections

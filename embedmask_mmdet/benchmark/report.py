@@ -309,8 +309,10 @@ def _speed_section(speed: dict, device: str, out_dir: str,
                   'model: "RSS after build" is that baseline)' +
                   (f', the median of {mem_runs} such processes'
                    if mem_runs > 1 else '') + '.', '']
+        ci_saved = ts['models'].get('condinst', {}).get('saved_mb')
         header = ['model', 'median s', 'p90 s', 'model / CondInst',
-                  'peak RSS MiB', 'RSS after build MiB', 'peak / CondInst']
+                  'peak RSS MiB', 'RSS after build MiB', 'peak / CondInst',
+                  'saved for backward MiB', 'saved / CondInst']
         if device == 'cuda':
             header.append('peak CUDA MiB')
         table = []
@@ -320,11 +322,27 @@ def _speed_section(speed: dict, device: str, out_dir: str,
                    _f(r['p90_ms'] / 1e3, 2),
                    _f(_ratio(r['median_ms'], ci), 3),
                    _f(mm.get('peak_rss_mb'), 0), _f(mm.get('rss_built_mb'), 0),
-                   _f(_ratio(mm.get('peak_rss_mb'), ci_mem), 3)]
+                   _f(_ratio(mm.get('peak_rss_mb'), ci_mem), 3),
+                   _f(r.get('saved_mb'), 0),
+                   _f(_ratio(r.get('saved_mb'), ci_saved), 3)]
             if device == 'cuda':
                 row.append(_f(mm.get('cuda_peak_mb'), 0))
             table.append(row)
         lines += _table(header, table)
+        lines += ['"Saved for backward": the tensors autograd keeps from one '
+                  'training forward (each storage once), the deterministic '
+                  'part of the peak that RSS measures with allocator noise.']
+        em_mmdet = ts.get('embedmask_mmdet_focal_saved_mb')
+        if em_mmdet is not None:
+            lines[-1] += (
+                ' EmbedMask\'s configs use `FusedFocalLoss` (mmdet\'s sigmoid '
+                'focal loss with the same values and gradients, one saved '
+                'tensor) for its classification and semantic losses; with '
+                f'mmdet\'s `FocalLoss`, as CondInst uses, it would keep '
+                f'{em_mmdet:.0f} MiB'
+                + (f' ({_ratio(em_mmdet, ci_saved):.3f} x CondInst).'
+                   if ci_saved else '.'))
+        lines += ['']
         name = _plot_name('train', device)
         plot_train(speed, osp.join(out_dir, name), device)
         written.append(name)

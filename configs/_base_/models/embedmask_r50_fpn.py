@@ -1,6 +1,8 @@
 # EmbedMask, AdelaiDet design (the authors' best numbers): FCOS "imprv" box head
 # with a proposal embedding/margin head, P3-P5 fused pixel branch, all
 # positives trained (capped at 500), Lovász hinge, semantic auxiliary loss.
+# FusedFocalLoss is mmdet's sigmoid FocalLoss (same values and gradients) that
+# keeps one tensor for the backward instead of several.
 custom_imports = dict(imports=['embedmask_mmdet'], allow_failed_imports=False)
 
 embed_dim = 16
@@ -51,7 +53,7 @@ model = dict(
         margin_type='per_dim',
         sample_in_mask=False,
         loss_cls=dict(
-            type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+            type='FusedFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
             loss_weight=1.0),
         loss_bbox=dict(type='GIoULoss', loss_weight=1.0),
         loss_centerness=dict(
@@ -70,7 +72,7 @@ model = dict(
         prob_eps=1e-6,
         loss_mask=dict(type='LovaszHingeLoss', loss_weight=1.0),
         loss_semantic=dict(
-            type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+            type='FusedFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
             loss_weight=1.0)),
     test_cfg=dict(
         nms_pre=1000,

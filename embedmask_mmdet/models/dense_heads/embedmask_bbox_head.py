@@ -3,6 +3,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import Scale
 from mmdet.models.dense_heads import CondInstBboxHead, FCOSHead
 from mmdet.models.utils import multi_apply
@@ -76,6 +77,20 @@ class ProposalEmbeddingHead(nn.Module):
         if self.margin_type != 'fixed':
             nn.init.constant_(self.margin_conv.bias, self.margin_bias)
 
+    def log_margin_conv(self, tower_feat: Tensor) -> Tensor:
+        """The margin branch on tower / ``margin_reduce_factor``, with the
+        division folded into the first conv's weight: a conv is linear, and
+        autograd would keep a divided copy of the tower for the backward."""
+        convs = [m for m in (self.margin_reduce, self.margin_conv)
+                 if isinstance(m, nn.Conv2d)]
+        first = convs[0]
+        out = F.conv2d(tower_feat, first.weight / self.margin_reduce_factor,
+                       first.bias, first.stride, first.padding, first.dilation,
+                       first.groups)
+        for conv in convs[1:]:
+            out = conv(out)
+        return out
+
     def forward(self, tower_feat: Tensor) -> Tuple[Tensor, Tensor]:
         """Returns embedding conv output and log-margin, each (B, D, H, W)."""
         embed = self.embed_conv(self.embed_reduce(tower_feat))
@@ -83,8 +98,7 @@ class ProposalEmbeddingHead(nn.Module):
         if self.margin_type == 'fixed':
             log_margin = self.fixed_log_margin.expand(b, self.embed_dim, h, w)
         else:
-            log_margin = self.margin_conv(
-                self.margin_reduce(tower_feat / self.margin_reduce_factor))
+            log_margin = self.log_margin_conv(tower_feat)
             log_margin = log_margin.expand(b, self.embed_dim, h, w)
         return embed, log_margin
 

@@ -97,29 +97,77 @@ def _support_regions(cells: Tensor, threshold: float, taps_y, taps_x):
     return torch.stack([y0, y1, x0, x1], dim=1), found
 
 
-def _paste_regions(cells: Tensor, threshold: float, taps_y, taps_x,
-                   regions: Tensor, todo: Tensor, masks: Tensor) -> Tensor:
-    """Resamples and thresholds each detection marked in ``todo`` inside its
-    region only; ``masks`` (N, out_h, out_w) must be zero outside them."""
+def _window_starts(first: Tensor, size: int, limit: int) -> Tensor:
+    # windows of ``size`` starting at ``first``, shifted back to end by
+    # ``limit``: values inside a window are exact wherever it lies
+    return torch.minimum(first, first.new_tensor(limit - size)).clamp(min=0)
+
+
+def _paste_group(cells: Tensor, threshold: float, taps_y, taps_x,
+                 inds: Tensor, rects: Tensor, masks: Tensor) -> None:
+    """Resamples detections ``inds`` in windows of one size (the largest of
+    their rectangles ``rects``, (G, 4)) and writes them to ``masks``: a
+    window larger than a rectangle only adds exact background."""
     iy0, iy1, wy0, wy1 = taps_y
     ix0, ix1, wx0, wx1 = taps_x
-    first_y, last_y = iy0.tolist(), iy1.tolist()
-    first_x, last_x = ix0.tolist(), ix1.tolist()
-    for n, ((y0, y1, x0, x1), keep) in enumerate(
-            zip(regions.tolist(), todo.tolist())):
-        if not keep or y1 <= y0 or x1 <= x0:
-            continue
-        # the cell rows/cols the region's taps read
-        r0, r1 = first_y[y0], last_y[y1 - 1] + 1
-        c0, c1 = first_x[x0], last_x[x1 - 1] + 1
-        block = cells[n, r0:r1, c0:c1]
-        # horizontal blend at the cell rows, then vertical: separable
-        # bilinear in F.interpolate's order
-        rows = block[:, ix0[x0:x1] - c0] * wx0[x0:x1] + \
-            block[:, ix1[x0:x1] - c0] * wx1[x0:x1]
-        vals = rows[iy0[y0:y1] - r0] * wy0[y0:y1, None] + \
-            rows[iy1[y0:y1] - r0] * wy1[y0:y1, None]
-        torch.gt(vals, threshold, out=masks[n, y0:y1, x0:x1])
+    out_h, out_w = masks.shape[1:]
+    win_h = int((rects[:, 1] - rects[:, 0]).max())
+    win_w = int((rects[:, 3] - rects[:, 2]).max())
+    ys = _window_starts(rects[:, 0], win_h, out_h)[:, None] + \
+        torch.arange(win_h, device=cells.device)  # (G, win_h)
+    xs = _window_starts(rects[:, 2], win_w, out_w)[:, None] + \
+        torch.arange(win_w, device=cells.device)  # (G, win_w)
+    # the cell rows the windows' taps read, in windows of one size too
+    row_first = iy0[ys[:, 0]]
+    num_rows = int((iy1[ys[:, -1]] + 1 - row_first).max())
+    rows = _window_starts(row_first, num_rows, cells.size(1))[:, None] + \
+        torch.arange(num_rows, device=cells.device)  # (G, num_rows)
+    block = cells[inds[:, None], rows]  # (G, num_rows, w)
+    # horizontal blend at the cell rows, then vertical: separable bilinear
+    # in F.interpolate's order (the same float ops as the whole image)
+    def cols(idx):
+        return block.gather(2, idx[xs][:, None, :].expand(-1, num_rows, -1))
+    blended = cols(ix0) * wx0[xs][:, None] + cols(ix1) * wx1[xs][:, None]
+
+    def rows_of(idx):
+        rel = idx[ys] - rows[:, :1]
+        return blended.gather(1, rel[:, :, None].expand(-1, -1, win_w))
+    vals = rows_of(iy0) * wy0[ys][:, :, None] + \
+        rows_of(iy1) * wy1[ys][:, :, None]
+    masks[inds[:, None, None], ys[:, :, None], xs[:, None, :]] = \
+        vals > threshold
+
+
+def _paste_regions(cells: Tensor, threshold: float, taps_y, taps_x,
+                   rects: Tensor, todo: Tensor, masks: Tensor,
+                   max_elements: int) -> Tensor:
+    """Resamples and thresholds the detections marked in ``todo`` inside
+    their rectangles only; ``masks`` (N, out_h, out_w) must be zero outside.
+
+    Detections are batched by rectangle size (classes of sqrt(2) per side,
+    so a window wastes at most half its area) in groups of at most
+    ``max_elements`` floats: the number of groups depends on how the sizes
+    spread, not on the number of detections."""
+    height = rects[:, 1] - rects[:, 0]
+    width = rects[:, 3] - rects[:, 2]
+    todo = todo.to(rects.device) & (height > 0) & (width > 0)
+    inds = todo.nonzero()[:, 0]
+    if not len(inds):
+        return masks
+    size_class = torch.stack([
+        torch.ceil(2 * torch.log2(height[inds].float())),
+        torch.ceil(2 * torch.log2(width[inds].float()))], dim=1).long()
+    classes, which = torch.unique(size_class, dim=0, return_inverse=True)
+    order = torch.argsort(which, stable=True)
+    counts = torch.bincount(which, minlength=len(classes)).tolist()
+    for group in inds[order].split(counts):
+        rect = rects[group]
+        area = int((rect[:, 1] - rect[:, 0]).max()) * \
+            int((rect[:, 3] - rect[:, 2]).max())
+        step = max(1, max_elements // max(area, 1))
+        for chunk in group.split(step):
+            _paste_group(cells, threshold, taps_y, taps_x, chunk,
+                         rects[chunk], masks)
     return masks
 
 
@@ -163,7 +211,7 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
         full = (found & (area > MAX_REGION_FRACTION * out_h * out_w)).cpu()
         masks = prob.new_zeros((num, out_h, out_w), dtype=torch.bool)
         _paste_regions(cells, threshold, taps_y, taps_x, rects,
-                       found.cpu() & ~full, masks)
+                       found.cpu() & ~full, masks, max_elements)
     else:
         # every element is written by the loop below: no zero fill needed
         masks = prob.new_empty((num, out_h, out_w), dtype=torch.bool)
