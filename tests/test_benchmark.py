@@ -15,7 +15,7 @@ from embedmask_mmdet.benchmark.models import LABELS, MODELS_ALL
 from embedmask_mmdet.benchmark.report import PLOTS, targets
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-ACC_MODELS = ('embedmask', 'condinst', 'embedmask_boxonly')
+ACC_MODELS = ('embedmask', 'condinst', 'embedmask_semantic')
 
 
 @pytest.fixture(scope='module')
@@ -90,13 +90,31 @@ def test_accuracy_rows(tiny_run):
         assert row is not None
         _positive(row, ('train_wall_s', 'test_wall_s', 'iter_s'))
         assert osp.isdir(osp.join(ROOT, row['work_dir']))
-    # the diagnostic row trained EmbedMask with its mask losses off
+    # the variant row trained EmbedMask with the semantic loss, the plain
+    # row without it
     from mmengine.config import Config
-    work = osp.join(ROOT, acc['models']['embedmask_boxonly']['work_dir'])
-    cfg = Config.fromfile(osp.join(work, 'bench_embedmask_boxonly.py'))
+
+    def trained_cfg(name):
+        work = osp.join(ROOT, acc['models'][name]['work_dir'])
+        return Config.fromfile(osp.join(work, f'bench_{name}.py'))
+    assert trained_cfg('embedmask').model.mask_head.loss_semantic is None
+    cfg = trained_cfg('embedmask_semantic')
+    assert cfg.model.type == 'EmbedMask'
+    assert cfg.model.mask_head.loss_semantic.type == 'FusedFocalLoss'
+    assert cfg.model.mask_head.loss_mask.loss_weight == 1.
+    log = osp.join(ROOT, acc['models']['embedmask_semantic']['work_dir'],
+                   'train.log')
+    with open(log) as f:
+        assert 'loss_semantic' in f.read()
+
+
+def test_boxonly_variant_config(tmp_path):
+    from embedmask_mmdet.benchmark.accuracy import runner_cfg
+    cfg = runner_cfg('embedmask_boxonly', 10, str(tmp_path), str(tmp_path),
+                     pretrained=False)
     assert cfg.model.type == 'EmbedMask'
     assert cfg.model.mask_head.loss_mask.loss_weight == 0.
-    assert cfg.model.mask_head.loss_semantic.loss_weight == 0.
+    assert cfg.model.mask_head.loss_semantic is None
     assert cfg.model.bbox_head.loss_cls.loss_weight == 1.
 
 
@@ -113,7 +131,7 @@ def test_document_and_plots(tiny_run):
     assert 'EmbedMask / CondInst' in text and 'Least-squares line' in text
     assert 'the median of 2 such processes' in text
     assert 'saved for backward MiB' in text and 'FusedFocalLoss' in text
-    assert '| EmbedMask, box losses only (diagnostic)' in text
+    assert '| EmbedMask + semantic loss (AdelaiDet)' in text
     assert 'torch / mmcv / mmengine / mmdet' in text
     for png in PLOTS.values():
         path = out.parent / png

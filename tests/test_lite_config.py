@@ -58,8 +58,9 @@ def test_lite_loss_and_predict_step(lite, tmp_path):
     model.train()
     data = model.data_preprocessor(load_batch(cfg, tmp_path, False), True)
     losses = model(**data, mode='loss')
-    assert {'loss_cls', 'loss_bbox', 'loss_centerness', 'loss_mask',
-            'loss_semantic'} <= set(losses)
+    # the CPU configs leave the auxiliary semantic loss out
+    assert set(losses) == {'loss_cls', 'loss_bbox', 'loss_centerness',
+                           'loss_mask'}
     total = sum(v for k, v in losses.items() if k.startswith('loss'))
     assert torch.isfinite(total)
     total.backward()

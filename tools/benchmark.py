@@ -70,9 +70,10 @@ def parse_args(argv=None):
                    ','.join(models.MODELS_ALL))
     p.add_argument('--acc-models', type=_csv, default=None,
                    help='models of the accuracy rows (default: --models '
-                   'except the box-only FCOS); also embedmask_boxonly: '
-                   'EmbedMask with its mask and semantic loss weights 0, a '
-                   'diagnostic row')
+                   'except the box-only FCOS); also embedmask_semantic: '
+                   'EmbedMask with the AdelaiDet design\'s auxiliary semantic '
+                   'loss, and embedmask_boxonly: EmbedMask with its mask loss '
+                   'weight 0, a diagnostic row')
     p.add_argument('--out', default='docs/benchmarks.md',
                    help='Markdown output (default docs/benchmarks.md); plots '
                    'and the .json go beside it')

@@ -22,7 +22,8 @@ model = dict(
     # the box head reads P3-P7, as in every other config
     bbox_head=dict(start_level=1),
     # small shapes need stride-4 detail in the embeddings: P2-P5 fused at
-    # stride 4 (an upsampled stride-8 map blurs them); semantic loss on P3
+    # stride 4 (an upsampled stride-8 map blurs them); a semantic loss, if
+    # switched back on, reads P3
     mask_head=dict(
         pixel_branch=dict(type='p2p5_fusion', feat_channels=64,
                           num_stacked_convs=1),

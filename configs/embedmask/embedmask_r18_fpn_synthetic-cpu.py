@@ -1,7 +1,8 @@
 # EmbedMask (AdelaiDet design) scaled down for a CPU on the built-in synthetic
 # shapes dataset (tools/make_synthetic_coco.py): ResNet-18 from scratch
 # (init_cfg=None, nothing downloaded), 320x320 images, narrow heads, FCOS size
-# ranges and coordinate scale halved to fit 320-px images. Used by the tests
+# ranges and coordinate scale halved to fit 320-px images, no auxiliary
+# semantic loss. Used by the tests
 # and the benchmarks; the demo uses the ImageNet-pretrained EfficientNet-Lite0
 # child config.
 _base_ = [
@@ -28,8 +29,13 @@ model = dict(
         in_channels=channels,
         pixel_branch=dict(type='p3p5_fusion', feat_channels=64,
                           num_stacked_convs=2),
-        semantic_channels=64,
         max_masks_to_train=200,
+        # no auxiliary semantic loss (the FCOS-repo design's choice; the COCO
+        # recipes keep AdelaiDet's): at these short CPU budgets it slows the
+        # detector's convergence. 600-iteration Lite0 runs, evaluated on the
+        # *train* split: segm AP 47.3 without it vs 41.4 with it (box AP
+        # 53.2 vs 45.7). mmdet's CondInst has no semantic loss either.
+        loss_semantic=None,
         # image coordinates / 50, not the COCO recipes' / 100: halved like
         # the FCOS ranges, so the prior mask (p = 0.5 at embedding distance
         # prior_margin) covers the same share of a 320-px image as of an

@@ -44,6 +44,7 @@ MODELS_ALL = ('embedmask', 'fcos', 'condinst', 'mask_rcnn', 'solov2', 'yolact')
 LABELS = {'embedmask': 'EmbedMask', 'fcos': 'FCOS (box only)',
           'condinst': 'CondInst', 'mask_rcnn': 'Mask R-CNN',
           'solov2': 'SOLOv2', 'yolact': 'YOLACT',
+          'embedmask_semantic': 'EmbedMask + semantic loss (AdelaiDet)',
           'embedmask_boxonly': 'EmbedMask, box losses only (diagnostic)'}
 BOX_ONLY = ('fcos', )
 NO_BOXES = ('solov2', )  # SOLOv2 predicts masks only (its bboxes are zeros)

@@ -442,10 +442,15 @@ def _accuracy_section(acc: dict, out_dir: str, written: List[str]
                      'segm AP75', 'last loss'], table)
     if 'embedmask_boxonly' in acc['models']:
         lines += ['"EmbedMask, box losses only" is a diagnostic row: the same '
-                  'model, data and schedule with the mask and semantic loss '
-                  'weights set to 0, so its masks are untrained and only its '
+                  'model, data and schedule with the mask loss weight set to '
+                  '0, so its masks are untrained and only its '
                   'box AP means something: the box AP EmbedMask\'s box head '
                   'reaches at this budget without the mask objectives.', '']
+    if 'embedmask_semantic' in acc['models']:
+        lines += ['"EmbedMask + semantic loss" is the same model with the '
+                  'AdelaiDet design\'s auxiliary semantic focal loss on P3 '
+                  '(the COCO recipes\' default; the CPU configs leave it out, '
+                  'as the FCOS-repo design and mmdet\'s CondInst do).', '']
     if any(r for r in acc['models'].values()):
         plot_accuracy(acc, osp.join(out_dir, PLOTS['accuracy']))
         written.append(PLOTS['accuracy'])
