@@ -31,10 +31,11 @@ model = dict(
                           num_stacked_convs=2),
         max_masks_to_train=200,
         # no auxiliary semantic loss (the FCOS-repo design's choice; the COCO
-        # recipes keep AdelaiDet's): at these short CPU budgets it slows the
-        # detector's convergence. 600-iteration Lite0 runs, evaluated on the
-        # *train* split: segm AP 47.3 without it vs 41.4 with it (box AP
-        # 53.2 vs 45.7). mmdet's CondInst has no semantic loss either.
+        # recipes keep AdelaiDet's): at these short CPU budgets it does not
+        # help and costs ~9 % per iteration. 600-iteration Lite0 runs: on the
+        # *train* split segm AP 47.3 without it vs 41.4 with it (a 64-channel
+        # branch; box AP 53.2 vs 45.7); on val in docs/benchmarks.md 44.8 vs
+        # 44.6 (box AP 49.0 vs 47.0). mmdet's CondInst has none either.
         loss_semantic=None,
         # image coordinates / 50, not the COCO recipes' / 100: halved like
         # the FCOS ranges, so the prior mask (p = 0.5 at embedding distance

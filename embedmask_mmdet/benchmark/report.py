@@ -2,6 +2,7 @@
 (every figure in the document comes from the ``results`` dict)."""
 import os
 import os.path as osp
+import textwrap
 from typing import List, Optional
 
 import matplotlib
@@ -227,15 +228,16 @@ def plot_accuracy(acc: dict, path: str) -> None:
     if not drawn:
         ax.text(0.5, 0.5, 'no detections: AP not computed', ha='center',
                 transform=ax.transAxes)
-    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1] * 1.15, 1))
+    # room above the bars for a one-row legend
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1] * 1.3, 1))
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([_label(m).replace(', ', '\n') for m in names],
+    ax.set_xticklabels([textwrap.fill(_label(m), 16) for m in names],
                        fontsize=8)
     ax.set_ylabel('COCO AP (%) on the synthetic val split')
     ax.set_title(f'Equal budget: {acc["iters"]} iterations, same backbone, '
                  'data, optimizer, schedule')
     ax.grid(axis='y', alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=len(keys), loc='upper center')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
