@@ -56,7 +56,7 @@ class _SigmoidFocal(torch.autograd.Function):
     def forward(ctx, logits: Tensor, targets: Tensor, weight: Optional[Tensor],
                 gamma: float, alpha: float) -> Tensor:
         loss, grad = sigmoid_focal_loss_and_grad(
-            logits, targets, gamma, alpha, with_grad=logits.requires_grad)
+            logits, targets, gamma, alpha, with_grad=ctx.needs_input_grad[0])
         if weight is not None:
             loss = loss * weight
             if grad is not None:
