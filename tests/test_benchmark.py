@@ -9,10 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from embedmask_mmdet.benchmark.measure import linear_fit
 from embedmask_mmdet.benchmark.models import LABELS, MODELS_ALL
 from embedmask_mmdet.benchmark.report import PLOTS, targets
+from embedmask_mmdet.benchmark.step_profile import (op_kind, section_lines,
+                                                    step_flops,
+                                                    step_time_split)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ACC_MODELS = ('embedmask', 'condinst', 'embedmask_semantic')
@@ -53,6 +57,11 @@ def test_speed_rows_for_every_model(tiny_run):
     assert set(speed['train_step']['models']) == set(MODELS_ALL)
     for row in speed['train_step']['models'].values():
         _positive(row, ('median_ms', 'saved_mb'))
+        _positive(row['flops'], ('gflops', 'conv_gflops'))
+        assert row['flops']['conv_gflops'] <= row['flops']['gflops']
+        split = row['op_time']
+        assert split['kinds']['convolution'] > 0
+        assert split['op_s'] == pytest.approx(sum(split['kinds'].values()))
     # mmdet's FocalLoss keeps more tensors than FusedFocalLoss
     assert speed['train_step']['embedmask_mmdet_focal_saved_mb'] > \
         speed['train_step']['models']['embedmask']['saved_mb']
@@ -131,6 +140,9 @@ def test_document_and_plots(tiny_run):
     assert 'EmbedMask / CondInst' in text and 'Least-squares line' in text
     assert 'the median of 2 such processes' in text
     assert 'saved for backward MiB' in text and 'FusedFocalLoss' in text
+    assert '#### Where the training step goes' in text
+    assert 'EmbedMask / CondInst per training step: FLOPs ' in text
+    assert '(FLOPs per step: ' in text  # the step target's row
     assert '| EmbedMask + semantic loss (AdelaiDet)' in text
     assert 'torch / mmcv / mmengine / mmdet' in text
     for png in PLOTS.values():
@@ -172,3 +184,51 @@ def test_targets_verdicts():
                                        False]
     assert [round(t['value'], 3) for t in got] == [0.8, 1.333, 0.05, 0.9, 1.1,
                                                    10., 0.]
+
+
+def _conv_step():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+
+    def step():
+        conv(x).relu().sum().backward()
+    return step
+
+
+def test_step_flops_counts_forward_and_backward():
+    # forward 2 * (4 * 8 * 8 outputs) * (3 * 3 * 3 MACs); the backward
+    # computes the input's and the weight's gradient: twice that
+    got = step_flops(_conv_step())
+    forward = 2 * 4 * 8 * 8 * 3 * 3 * 3
+    assert got['gflops'] * 1e9 == pytest.approx(3 * forward)
+    assert got['conv_gflops'] == got['gflops']
+
+
+def test_step_time_split_kinds():
+    assert op_kind('aten::mkldnn_convolution') == 'convolution'
+    assert op_kind('aten::convolution_backward') == 'convolution'
+    assert op_kind('aten::native_group_norm_backward') == 'normalization'
+    assert op_kind('aten::topk') == 'sort / top-k'
+    assert op_kind('aten::relu') == 'other'
+    split = step_time_split(_conv_step())
+    assert split['kinds']['convolution'] > 0
+    assert all(op_kind(name) != 'convolution'
+               for name, _ in split['top_other'])
+
+
+def test_step_profile_section_ratios():
+    def row(ms, gflops, conv_s, other_s):
+        return dict(median_ms=ms, flops=dict(gflops=gflops, conv_gflops=gflops),
+                    op_time=dict(op_s=conv_s + other_s, top_other=[],
+                                 kinds=dict(convolution=conv_s,
+                                            other=other_s)))
+    ts = dict(models=dict(embedmask=row(990., 99., 4.5, 0.6),
+                          condinst=row(1000., 100., 5., 0.5)))
+    text = '\n'.join(section_lines(ts, str))
+    assert ('EmbedMask / CondInst per training step: FLOPs 0.990, '
+            'convolution time 0.900, time of all other operators 1.200; '
+            'measured step time 0.990') in text
+    assert '| embedmask | 99.0 | 0.990 | 100.0 % | 5.10 | 4.50 |' in text
+    assert section_lines(dict(models=dict(embedmask=dict(median_ms=1.))),
+                         str) == []

@@ -32,7 +32,8 @@ if ROOT not in sys.path:  # running from a checkout without an install
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from embedmask_mmdet.benchmark import accuracy, measure, models  # noqa: E402
+from embedmask_mmdet.benchmark import (accuracy, measure, models,  # noqa: E402
+                                      step_profile)
 from embedmask_mmdet.benchmark.report import (HEADLINE_SIZE,  # noqa: E402
                                               load_results, parse_size,
                                               write_report)
@@ -288,6 +289,13 @@ def speed_bench(args, device, save):
         out['train_step']['models'][m]['saved_mb'] = \
             measure.saved_for_backward_mb(model, args.train_step_size,
                                           num_classes=num_classes)
+    for m in args.models:
+        # after the timed steps: counting and profiling slow a step down
+        row = out['train_step']['models'][m]
+        row['flops'] = step_profile.step_flops(steppers[m])
+        if device == 'cpu':
+            row['op_time'] = step_profile.step_time_split(steppers[m])
+        log(f'  {m}: {row["flops"]["gflops"]:.1f} GFLOPs per step')
     if 'embedmask' in trained:
         # what EmbedMask's fused focal loss saves, for a like-for-like
         # reading of the memory columns (CondInst uses mmdet's FocalLoss)
