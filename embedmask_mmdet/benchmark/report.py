@@ -220,7 +220,12 @@ def _speed_section(speed: dict, device: str, out_dir: str,
                   'each detection is resampled only inside the rectangle '
                   'around its cells above the threshold, which gives the same '
                   'masks as resampling the whole image). '
-                  f'{pp["reps"]} interleaved repetitions.', '']
+                  f'{pp["reps"]} interleaved repetitions. Each N has its own '
+                  'random detections (boxes, embeddings, margins around the '
+                  'prior) on the random-weight model of the latency rows; a '
+                  'detection costs in proportion to the area of the rectangle '
+                  'around its mask, so a point sits below the line when its '
+                  'masks happen to be small.', '']
         table = []
         for n in sorted(pp['total']):
             tot = pp['total'][n]

@@ -70,7 +70,8 @@ def section_lines(ts: dict, label: Callable[[str], str]) -> List[str]:
     kinds = [k for k, _ in KINDS] + [OTHER]
     lines = ['#### Where the training step goes', '',
              'FLOPs of one step (forward + backward) counted per operator by '
-             '`torch.utils.flop_counter`' + (
+             '`torch.utils.flop_counter` (operators it has no formula for, '
+             'element-wise ones and mmcv\'s RoIAlign among them, count 0)' + (
                  '; operator time: self CPU time per operator in one more '
                  'step under `torch.profiler` (a single step, so it carries '
                  'the same noise as one timed step)' if split else '') + '.',
