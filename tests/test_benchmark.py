@@ -13,7 +13,8 @@ import torch
 
 from embedmask_mmdet.benchmark.measure import linear_fit
 from embedmask_mmdet.benchmark.models import LABELS, MODELS_ALL
-from embedmask_mmdet.benchmark.report import PLOTS, targets
+from embedmask_mmdet.benchmark.report import (PLOTS, load_results, targets,
+                                              write_report)
 from embedmask_mmdet.benchmark.step_profile import (op_kind, section_lines,
                                                     step_flops,
                                                     step_time_split)
@@ -52,8 +53,16 @@ def test_speed_rows_for_every_model(tiny_run):
     for row in rows.values():
         _positive(row, ('median_ms', 'p90_ms', 'dets'))
         assert row['p90_ms'] >= row['median_ms']
-    # detections held equal (tiny inputs still give every model 100)
-    assert {row['dets'] for row in rows.values()} == {100}
+    # detections held at 100 (max_per_img). On 96x96 inputs with random
+    # weights and 6 classes, NMS can leave a model fewer than 100 candidates
+    # (seen once in CI: {90, 100}); the doc must then say the counts differ
+    counts = {row['dets'] for row in rows.values()}
+    assert max(counts) == 100 and min(counts) > 0, counts
+    _, _, text = tiny_run
+    if counts == {100}:
+        assert 'All models returned 100 detections.' in text
+    else:
+        assert '**Detection counts differ**' in text
     assert set(speed['train_step']['models']) == set(MODELS_ALL)
     for row in speed['train_step']['models'].values():
         _positive(row, ('median_ms', 'saved_mb'))
@@ -150,6 +159,17 @@ def test_document_and_plots(tiny_run):
         assert path.is_file() and path.stat().st_size > 5000, png
         assert f']({png})' in text
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_document_flags_unequal_detection_counts(tiny_run, tmp_path):
+    out, _, _ = tiny_run
+    results = load_results(osp.splitext(out)[0] + '.json')
+    results['speed']['cpu']['latency']['96x96']['condinst']['dets'] = 90
+    write_report(results, str(tmp_path / 'benchmarks.md'))
+    text = (tmp_path / 'benchmarks.md').read_text()
+    assert '**Detection counts differ**' in text
+    assert 'CondInst 90' in text
+    assert 'All models returned' not in text
 
 
 def test_linear_fit():
