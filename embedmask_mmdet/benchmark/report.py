@@ -4,23 +4,15 @@ import os
 import os.path as osp
 from typing import List, Optional
 
+from .fmt import num as _f
+from .fmt import ratio as _ratio
+from .fmt import table as _table
 from .plots import (PLOTS, model_label, plot_accuracy,  # noqa: F401
                     plot_latency, plot_name, plot_postproc, plot_train)
 from .step_profile import section_lines as step_profile_lines
+
+
 HEADLINE_SIZE = '800x1333'
-
-
-def _f(x, digits=1) -> str:
-    if x is None or x != x:  # None or NaN
-        return '-'
-    return f'{x:,.{digits}f}'
-
-
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
-    lines = ['| ' + ' | '.join(header) + ' |',
-             '|' + '|'.join('---' for _ in header) + '|']
-    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
-    return lines + ['']
 
 
 def headline_size(speed: dict) -> Optional[str]:
@@ -35,10 +27,6 @@ def headline_size(speed: dict) -> Optional[str]:
 def parse_size(text: str):
     h, w = (int(v) for v in text.lower().split('x'))
     return h, w
-
-
-def _ratio(a, b):
-    return None if a is None or b is None or b == 0 else a / b
 
 
 def targets(results: dict) -> List[dict]:

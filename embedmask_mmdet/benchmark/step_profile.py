@@ -7,6 +7,8 @@ from typing import Callable, Dict, List
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from .fmt import ratio, table
+
 # operator kinds, by the first matching substring of the lower-cased op name
 KINDS = (('convolution', ('conv', )),
          ('normalization', ('batch_norm', 'group_norm', 'layer_norm')),
@@ -55,10 +57,6 @@ def step_time_split(step: Callable) -> dict:
                 top_other=others[:TOP_OTHER])
 
 
-def _ratio(a, b):
-    return None if a is None or not b else a / b
-
-
 def section_lines(ts: dict, label: Callable[[str], str]) -> List[str]:
     """The "where the time goes" table of a run's ``train_step`` results."""
     models = {m: r for m, r in ts['models'].items() if 'flops' in r}
@@ -84,7 +82,7 @@ def section_lines(ts: dict, label: Callable[[str], str]) -> List[str]:
     for m, r in models.items():
         fl = r['flops']
         row = [label(m), f'{fl["gflops"]:,.1f}',
-               '-' if _ratio(fl['gflops'], ci_flops) is None else
+               '-' if ratio(fl['gflops'], ci_flops) is None else
                f'{fl["gflops"] / ci_flops:.3f}',
                f'{100 * fl["conv_gflops"] / fl["gflops"]:.1f} %'
                if fl['gflops'] else '-']
@@ -100,22 +98,20 @@ def section_lines(ts: dict, label: Callable[[str], str]) -> List[str]:
             else:
                 row += ['-'] * (len(kinds) + 3)
         rows.append(row)
-    lines += ['| ' + ' | '.join(header) + ' |',
-              '|' + '---|' * len(header)]
-    lines += ['| ' + ' | '.join(row) + ' |' for row in rows] + ['']
+    lines += table(header, rows)
     em = models.get('embedmask')
     if em and ci_flops:
         text = (f'EmbedMask / CondInst per training step: FLOPs '
                 f'{em["flops"]["gflops"] / ci_flops:.3f}')
         eo, co = em.get('op_time'), ci.get('op_time')
         if eo and co:
-            conv = _ratio(eo['kinds'].get('convolution'),
+            conv = ratio(eo['kinds'].get('convolution'),
                           co['kinds'].get('convolution'))
-            rest = _ratio(eo['op_s'] - eo['kinds'].get('convolution', 0.),
+            rest = ratio(eo['op_s'] - eo['kinds'].get('convolution', 0.),
                           co['op_s'] - co['kinds'].get('convolution', 0.))
             text += (f', convolution time {conv:.3f}, time of all other '
                      f'operators {rest:.3f}' if conv and rest else '')
-        step = _ratio(em.get('median_ms'), ci.get('median_ms'))
+        step = ratio(em.get('median_ms'), ci.get('median_ms'))
         if step is not None:
             text += f'; measured step time {step:.3f} (table above)'
         lines += [text + '.', '']
