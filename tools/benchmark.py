@@ -107,6 +107,9 @@ def parse_args(argv=None):
     p.add_argument('--data-root', default='data/synthetic',
                    help='built-in dataset (default data/synthetic, made by '
                    '`make data`); --tiny generates a tiny one under --work-dir')
+    p.add_argument('--seed', type=int, default=None,
+                   help='seed torch before the speed rows\' models are built '
+                   '(their weights are random); default: not seeded')
     args = p.parse_args(argv)
     if args.acc_models is None:
         args.acc_models = [m for m in args.models if m not in models.BOX_ONLY]
@@ -402,6 +405,8 @@ def main(argv=None):
         log(f'wrote {", ".join(files)} from {args.report_from}')
         return
     measure.register()
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     start = time.perf_counter()
     json_path = osp.splitext(args.out)[0] + '.json'
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
