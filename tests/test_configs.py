@@ -10,7 +10,7 @@ from mmengine.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / 'configs'
 MODEL_BASE = CONFIG_DIR / '_base_' / 'models' / 'embedmask_r50_fpn.py'
-PARENT_1X = CONFIG_DIR / 'embedmask' / 'embedmask_r50_fpn_ms-1x_coco.py'
+PARENT_1X = CONFIG_DIR / 'embedmask' / 'embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
 
 CONFIGS = sorted(
     p for p in CONFIG_DIR.rglob('*.py')
@@ -61,13 +61,15 @@ EXPECTED_ABLATION_DIFFS = {
         'model.mask_head.loss_semantic': None},
 }
 
-# COCO recipe -> (max_iters, milestones); all share lr 0.01, warmup 500.
+# COCO recipe -> (max_iters, milestones); all share lr 0.01 (batch 16) and
+# detectron2's warmup (linear from 1/1000 over 1000 iters), except v3's
+# maskrcnn-benchmark warmup (constant 1/3 for 500 iters).
 EXPECTED_SCHEDULES = {
-    'embedmask_r50_fpn_ms-1x_coco.py': (90000, [60000, 80000]),
-    'embedmask_r50_fpn_ms-2x_coco.py': (180000, [120000, 160000]),
-    'embedmask_r101_fpn_ms-3x_coco.py': (270000, [210000, 250000]),
-    'embedmask_x101-32x4d_fpn_ms-3x_coco.py': (270000, [210000, 250000]),
-    'embedmask-v3_r50_fpn_1x_coco.py': (90000, [60000, 80000]),
+    'embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py': (90000, [60000, 80000]),
+    'embedmask_r50-caffe_fpn_8xb2-ms-2x_coco.py': (180000, [120000, 160000]),
+    'embedmask_r101-caffe_fpn_8xb2-ms-3x_coco.py': (270000, [210000, 250000]),
+    'embedmask_x101-32x4d_fpn_8xb2-ms-3x_coco.py': (270000, [210000, 250000]),
+    'embedmask-v3_r50-caffe_fpn_8xb2-1x_coco.py': (90000, [60000, 80000]),
 }
 
 _MISSING = object()
@@ -133,7 +135,7 @@ def build_model(cfg: Config):
 
 def test_discovery():
     names = {_rel(p) for p in CONFIGS}
-    assert 'embedmask/embedmask_r50_fpn_ms-1x_coco.py' in names
+    assert 'embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py' in names
     assert {p.name for p in ABLATIONS} == set(EXPECTED_ABLATION_DIFFS), (
         'every ablation needs an EXPECTED_ABLATION_DIFFS entry (and vice '
         'versa)')
@@ -176,7 +178,16 @@ def test_coco_config_metadata(path):
         max_iters, milestones = EXPECTED_SCHEDULES[path.name]
         assert cfg.train_cfg.max_iters == max_iters
         warmup, steps = cfg.param_scheduler
-        assert warmup.type == 'LinearLR' and warmup.end == 500
+        if path.name.startswith('embedmask-v3'):
+            assert (warmup.type, warmup.factor, warmup.end) == (
+                'ConstantLR', 1. / 3, 500)
+            assert cfg.optim_wrapper.paramwise_cfg.bias_lr_mult == 2.
+            assert cfg.optim_wrapper.paramwise_cfg.bias_decay_mult == 0.
+        else:
+            assert (warmup.type, warmup.start_factor, warmup.end) == (
+                'LinearLR', 0.001, 1000)
+            # detectron2's WEIGHT_DECAY_NORM = 0
+            assert cfg.optim_wrapper.paramwise_cfg.norm_decay_mult == 0.
         assert steps.type == 'MultiStepLR' and steps.end == max_iters
         assert list(steps.milestones) == milestones
         assert cfg.optim_wrapper.optimizer.lr == 0.01
@@ -187,11 +198,23 @@ def test_coco_config_metadata(path):
 
 
 def test_coco_recipe_details():
-    r101 = load(CONFIG_DIR / 'embedmask' / 'embedmask_r101_fpn_ms-3x_coco.py')
+    r101 = load(CONFIG_DIR / 'embedmask' / 'embedmask_r101-caffe_fpn_8xb2-ms-3x_coco.py')
     assert r101.model.backbone.depth == 101
-    assert r101.model.backbone.init_cfg.checkpoint == 'torchvision://resnet101'
+    assert r101.model.backbone.init_cfg.checkpoint == \
+        'open-mmlab://detectron2/resnet101_caffe'
+    assert r101.reference_results.segm_mAP == 39.5
+    # the reference-exact backbone: detectron2's MSRA ResNet (caffe style,
+    # frozen BN, BGR, std 1)
+    r50 = load(PARENT_1X)
+    assert r50.reference_results.segm_mAP == 36.2
+    bb = r50.model.backbone
+    assert (bb.style, bb.norm_cfg.requires_grad, bb.norm_eval) == (
+        'caffe', False, True)
+    assert bb.init_cfg.checkpoint == 'open-mmlab://detectron2/resnet50_caffe'
+    pre = r50.model.data_preprocessor
+    assert (pre.std, pre.bgr_to_rgb) == ([1.0, 1.0, 1.0], False)
     x101 = load(
-        CONFIG_DIR / 'embedmask' / 'embedmask_x101-32x4d_fpn_ms-3x_coco.py')
+        CONFIG_DIR / 'embedmask' / 'embedmask_x101-32x4d_fpn_8xb2-ms-3x_coco.py')
     bb = x101.model.backbone
     assert (bb.type, bb.depth, bb.groups, bb.base_width) == (
         'ResNeXt', 101, 32, 4)
@@ -203,7 +226,7 @@ def test_coco_recipe_details():
     assert [s[1] for s in resize.scales] == list(range(640, 801, 32))
     assert ms.test_dataloader.dataset.pipeline[1].scale == (1333, 800)
     # v3: single-scale 800/1333 training, FCOS-repo heads
-    v3 = load(CONFIG_DIR / 'embedmask' / 'embedmask-v3_r50_fpn_1x_coco.py')
+    v3 = load(CONFIG_DIR / 'embedmask' / 'embedmask-v3_r50-caffe_fpn_8xb2-1x_coco.py')
     types = [t.type for t in v3.train_dataloader.dataset.pipeline]
     assert 'RandomChoiceResize' not in types
     resize = v3.train_dataloader.dataset.pipeline[types.index('Resize')]
@@ -211,6 +234,9 @@ def test_coco_recipe_details():
     m = v3.model
     assert m.bbox_head.proposal_head == 'conv3' and m.bbox_head.sample_in_mask
     assert m.mask_head.pixel_branch == dict(type='p3_tower')
+    assert m.mask_head.loss_mask_norm == 'images'
+    assert m.bbox_head.center_sample_on == 'box'
+    assert v3.reference_results.segm_mAP is None
     assert m.mask_head.sampling == 'best_iou_per_gt'
     assert m.mask_head.learnable_coord_scale
     assert m.mask_head.prob_eps == 1e-9

@@ -84,8 +84,10 @@ def test_mask_probability_gradients_match_naive():
         xs, qs, ss = (t.clone().requires_grad_() for t in (x, q, s))
         (fn(xs, qs, ss) * weight).sum().backward()
         grads.append((xs.grad, qs.grad, ss.grad))
+    # p is computed in float32 by design (whatever the input dtype):
+    # float32 tolerances against the float64 formula
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-6)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------- prior_margin_bias
@@ -223,3 +225,67 @@ def test_mask_logit_gradient_equals_autograd_of_the_formula():
     x = torch.rand(4, 5, dtype=torch.float64).mul(0.98).add(0.01)
     assert torch.autograd.gradcheck(lambda t: mask_logit(t, eps),
                                     (x.requires_grad_(), ))
+
+
+# ----------------------------------------------------------- mixed precision
+def _far_case(margin: float, seed: int = 0):
+    """Pixel embeddings far from the origin (coordinates / 100 of a large
+    image in the 2 spatial dimensions), proposals at some pixels, spatial
+    margins up to ``margin`` and pixel spacing such that masks span a few
+    pixels: the case where an expanded x^2 - 2xq + q^2 cancels."""
+    g = torch.Generator().manual_seed(seed)
+    d, h, w, n = 8, 48, 64, 20
+    step = 2. / margin**0.5
+    x = torch.randn(d, h, w, generator=g, dtype=torch.float64) * 0.3 + 5.
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
+    x[0] = 12. + xs * step
+    x[1] = 9. + ys * step
+    pick = torch.randint(0, h * w, (n, ), generator=g)
+    q = x.reshape(d, -1)[:, pick].T.clone()
+    q[:, :2] += step * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    s = torch.rand(n, d, generator=g, dtype=torch.float64) * 0.1
+    s[:, :2] = margin * (0.5 + 0.5 * torch.rand(n, 2, generator=g,
+                                                dtype=torch.float64))
+    return x, q, s
+
+
+@pytest.mark.parametrize('margin', [10., 1e3, 1e4])
+def test_mask_probability_exact_under_reduced_precision(margin):
+    """fp16 inputs and bf16 CPU autocast: p is float32 and the masks
+    (p > 0.5) differ from a float64 evaluation of the same inputs in
+    < 1e-4 of the pixels."""
+    x, q, s = _far_case(margin)
+    # fp16 inputs: the float64 reference sees the same rounded values
+    x16, q16, s16 = (t.half() for t in (x, q, s))
+    ref16 = naive_mask_probability(*(t.double() for t in (x16, q16, s16)))
+    p16 = mask_probability(x16, q16, s16)
+    ref = naive_mask_probability(x, q, s)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        p_bf = mask_probability(x.float(), q.float(), s.float())
+    assert p16.dtype == p_bf.dtype == torch.float32
+    for p, r in ((p16, ref16), (p_bf, ref)):
+        # a real test: the masks are neither empty nor everything
+        assert 0 < (r > 0.5).sum() < r.numel()
+        flipped = ((p > 0.5) != (r > 0.5)).double().mean().item()
+        assert flipped < 1e-4, f'{flipped:.2e} of the pixels flipped'
+
+
+def test_mask_loss_float32_under_autocast():
+    """Mask logits and the Lovasz loss stay float32 under bf16 autocast and
+    equal the float32 loss."""
+    from mmdet.registry import MODELS
+    import embedmask_mmdet  # noqa: F401
+    x, q, s = _far_case(10.)
+    target = (naive_mask_probability(x, q + 0.05, s) > 0.5).float()
+    loss_fn = MODELS.build(dict(type='LovaszHingeLoss'))
+    x, q, s = x.float(), q.float(), s.float()
+
+    def loss():
+        logits = mask_logit(mask_probability(x, q, s), 1e-6)
+        return logits, loss_fn(logits.flatten(1), target.flatten(1))
+
+    logits32, loss32 = loss()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits_bf, loss_bf = loss()
+    assert logits_bf.dtype == loss_bf.dtype == torch.float32
+    torch.testing.assert_close(loss_bf, loss32)

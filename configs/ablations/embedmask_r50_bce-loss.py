@@ -1,5 +1,5 @@
 # Ablation: binary cross-entropy mask loss (on logits), not Lovasz hinge.
-_base_ = '../embedmask/embedmask_r50_fpn_ms-1x_coco.py'
+_base_ = '../embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
 
 model = dict(
     mask_head=dict(

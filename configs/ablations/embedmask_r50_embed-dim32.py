@@ -1,5 +1,5 @@
 # Ablation: embed_dim 16 -> 32 (both heads) - does a larger D help?
-_base_ = '../embedmask/embedmask_r50_fpn_ms-1x_coco.py'
+_base_ = '../embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
 
 embed_dim = 32
 model = dict(

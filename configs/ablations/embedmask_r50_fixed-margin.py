@@ -1,4 +1,4 @@
 # Ablation: fixed margin - what does the learned proposal margin buy?
-_base_ = '../embedmask/embedmask_r50_fpn_ms-1x_coco.py'
+_base_ = '../embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
 
 model = dict(bbox_head=dict(margin_type='fixed'))

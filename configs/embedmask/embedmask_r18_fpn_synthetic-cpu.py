@@ -13,7 +13,12 @@ _base_ = [
 num_classes = 6
 channels = 96
 model = dict(
-    backbone=dict(depth=18, frozen_stages=-1, norm_eval=False, init_cfg=None),
+    # torchvision-style ImageNet normalisation (RGB), as mmdet's R-18 configs
+    data_preprocessor=dict(mean=[123.675, 116.28, 103.53],
+                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+    backbone=dict(depth=18, frozen_stages=-1, norm_eval=False, init_cfg=None,
+                  style='pytorch', norm_cfg=dict(type='BN',
+                                                 requires_grad=True)),
     neck=dict(in_channels=[128, 256, 512], start_level=0,
               out_channels=channels),
     bbox_head=dict(
@@ -27,8 +32,13 @@ model = dict(
     mask_head=dict(
         num_classes=num_classes,
         in_channels=channels,
+        # a lighter head than the published one: no 3x3 conv to 128 and a
+        # 1x1 prediction conv (mmdet's CondInst branch)
         pixel_branch=dict(type='p3p5_fusion', feat_channels=64,
-                          num_stacked_convs=2),
+                          num_stacked_convs=2, out_conv=False,
+                          pred_kernel_size=1),
+        # p's cell k sits at (k + 0.5) x stride, in targets and at test
+        alignment='centre',
         max_masks_to_train=200,
         # no auxiliary semantic loss (the FCOS-repo design's choice; the COCO
         # recipes keep AdelaiDet's): at these short CPU budgets it does not

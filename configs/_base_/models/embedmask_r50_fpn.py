@@ -1,6 +1,12 @@
-# EmbedMask, AdelaiDet design (the authors' best numbers): FCOS "imprv" box head
-# with a proposal embedding/margin head, P3-P5 fused pixel branch, all
-# positives trained (capped at 500), Lovász hinge, semantic auxiliary loss.
+# EmbedMask, AdelaiDet design (the published model, layer for layer: the
+# authors' AdelaiDet checkpoints load onto it with
+# tools/model_converters/adelaidet2mmdet.py): detectron2's MSRA ResNet-50
+# (caffe style, stride in the 1x1 conv, frozen BN, BGR input, std 1), FPN
+# P3-P7 (P6 from P5's output), FCOS "imprv" box head with a proposal
+# embedding/margin head, P3-P5 fused pixel branch (4 BN convs, 3x3 conv to
+# 128, 3x3 conv to D), all positives trained (capped at 500), Lovász hinge,
+# semantic auxiliary loss, AdelaiDet's inference (cls x ctr candidates,
+# aligned_bilinear mask placement).
 # FusedFocalLoss is mmdet's sigmoid FocalLoss (same values and gradients) that
 # keeps one tensor for the backward instead of several.
 custom_imports = dict(imports=['embedmask_mmdet'], allow_failed_imports=False)
@@ -10,9 +16,10 @@ model = dict(
     type='EmbedMask',
     data_preprocessor=dict(
         type='DetDataPreprocessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
+        # detectron2's MSRA weights take BGR 0-255 minus the mean, std 1
+        mean=[103.53, 116.28, 123.675],
+        std=[1.0, 1.0, 1.0],
+        bgr_to_rgb=False,
         pad_mask=True,
         pad_size_divisor=32),
     backbone=dict(
@@ -20,11 +27,13 @@ model = dict(
         depth=50,
         num_stages=4,
         out_indices=(0, 1, 2, 3),
+        # detectron2 FREEZE_AT=2 and FrozenBN (eps 1e-5)
         frozen_stages=1,
-        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_cfg=dict(type='BN', requires_grad=False),
         norm_eval=True,
-        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50'),
-        style='pytorch'),
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='open-mmlab://detectron2/resnet50_caffe'),
+        style='caffe'),
     neck=dict(
         type='FPN',
         in_channels=[256, 512, 1024, 2048],
@@ -64,6 +73,9 @@ model = dict(
         in_channels=256,
         embed_dim=embed_dim,
         pixel_branch=dict(type='p3p5_fusion'),
+        # the authors' placement of p (aligned_bilinear), in training
+        # targets and at test alike: their weights need it
+        alignment='adelaidet',
         with_coords=True,
         learnable_coord_scale=False,
         mask_out_stride=4,
@@ -76,7 +88,8 @@ model = dict(
             loss_weight=1.0)),
     test_cfg=dict(
         nms_pre=1000,
-        min_bbox_size=0,
+        # AdelaiDet drops no box before NMS
+        min_bbox_size=-1,
         score_thr=0.05,
         nms=dict(type='nms', iou_threshold=0.6),
         max_per_img=100,

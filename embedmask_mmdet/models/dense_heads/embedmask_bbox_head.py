@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import Scale
 from mmdet.models.dense_heads import CondInstBboxHead, FCOSHead
+from mmcv.ops import batched_nms
 from mmdet.models.utils import multi_apply
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import distance2bbox
@@ -124,8 +125,12 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         proposal_channels (int): Width of the 1x1 reduce conv of 'conv1_conv3'.
         margin_type (str): 'per_dim' (one s per dimension), 'scalar' (one s
             shared by all dimensions, arXiv v1/v2) or 'fixed' (ln2/m^2).
-        sample_in_mask (bool): A location is positive only if it lies inside
-            its gt mask (FCOS-repo design).
+        sample_in_mask (bool): A location may only take a gt whose mask
+            holds it, tested before the smallest-area choice (FCOS-repo
+            design).
+        center_sample_on (str): Centre of the centre-sampling region: 'mask'
+            (mask centroid, mmdet CondInst / AdelaiDet) or 'box' (box centre,
+            FCOS repo).
         start_level (int): First neck output the head reads: 1 when the neck
             also outputs P2 for the pixel branch ('p2p5_fusion').
     """
@@ -139,6 +144,7 @@ class EmbedMaskBboxHead(CondInstBboxHead):
                  proposal_channels: int = 128,
                  margin_type: str = 'per_dim',
                  sample_in_mask: bool = False,
+                 center_sample_on: str = 'mask',
                  start_level: int = 0,
                  **kwargs) -> None:
         check_embed_dim('EmbedMaskBboxHead', embed_dim)
@@ -157,6 +163,8 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         self.proposal_channels = proposal_channels
         self.margin_type = margin_type
         self.sample_in_mask = sample_in_mask
+        _check_choice('center_sample_on', center_sample_on, ('mask', 'box'))
+        self.center_sample_on = center_sample_on
         if not isinstance(start_level, int) or start_level < 0:
             raise ValueError('EmbedMaskBboxHead: start_level must be an int '
                              f'>= 0, got {start_level!r}')
@@ -232,22 +240,111 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         self._raw_positive_infos.update(bbox_preds=bbox_preds)
         return losses
 
-    def _get_targets_single(self, gt_instances: InstanceData, points: Tensor,
-                            regress_ranges: Tensor,
-                            num_points_per_lvl: List[int]):
-        labels, bbox_targets, pos_inds, pos_gt_inds = \
-            super()._get_targets_single(gt_instances, points, regress_ranges,
-                                        num_points_per_lvl)
-        if not self.sample_in_mask or len(pos_inds) == 0:
-            return labels, bbox_targets, pos_inds, pos_gt_inds
-        masks = gt_instances.masks.to_tensor(
-            dtype=torch.bool, device=points.device)
-        pos_points = points[pos_inds].long()
-        xs = pos_points[:, 0].clamp(0, masks.size(2) - 1)
-        ys = pos_points[:, 1].clamp(0, masks.size(1) - 1)
-        inside = masks[pos_gt_inds, ys, xs]
-        labels[pos_inds[~inside]] = self.num_classes
-        return labels, bbox_targets, pos_inds[inside], pos_gt_inds[inside]
+    # "no gt" area of mmdet's CondInst and of the reference (INF = 1e8)
+    _INF = 1e8
+
+    def _get_targets_single(
+            self, gt_instances: InstanceData, points: Tensor,
+            regress_ranges: Tensor, num_points_per_lvl: List[int]
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """FCOS targets of one image: location p may take gt g iff
+
+        - p is inside g's centre region (``center_sample_on``: mask centroid
+          or box centre, +- stride * radius, clipped to the box), or inside
+          the box without ``center_sampling``;
+        - max(l, t, r, b) lies in p's regress range;
+        - with ``sample_in_mask``: mask_g[int(y_p), int(x_p)] = 1;
+
+        and takes, among those, the gt of smallest box area (first on ties).
+        Defaults reproduce ``CondInstBboxHead._get_targets_single``.
+
+        Args: points (P, 2), regress_ranges (P, 2), num_points_per_lvl (L,).
+        Returns: labels (P,) (background = num_classes), bbox_targets (P, 4)
+        in pixels, pos_inds (N,), pos_gt_inds (N,).
+        """
+        num_points, num_gts = points.size(0), len(gt_instances)
+        gt_bboxes, gt_labels = gt_instances.bboxes, gt_instances.labels
+        if num_gts == 0:
+            return gt_labels.new_full((num_points,), self.num_classes), \
+                gt_bboxes.new_zeros((num_points, 4)), \
+                gt_bboxes.new_zeros((0,), dtype=torch.int64), \
+                gt_bboxes.new_zeros((0,), dtype=torch.int64)
+        masks = self._gt_masks_tensor(gt_instances)
+        xs, ys = points[:, 0, None], points[:, 1, None]  # (P, 1)
+        bbox_targets = torch.stack(
+            (xs - gt_bboxes[:, 0], ys - gt_bboxes[:, 1],
+             gt_bboxes[:, 2] - xs, gt_bboxes[:, 3] - ys), -1)  # (P, G, 4)
+        if self.center_sampling:
+            center_xs, center_ys = self._sample_centers(gt_bboxes, masks)
+            radius = torch.cat([
+                points.new_full((n, 1), stride * self.center_sample_radius)
+                for stride, n in zip(self.strides, num_points_per_lvl)])
+            x1 = torch.maximum(center_xs - radius, gt_bboxes[:, 0])
+            y1 = torch.maximum(center_ys - radius, gt_bboxes[:, 1])
+            x2 = torch.minimum(center_xs + radius, gt_bboxes[:, 2])
+            y2 = torch.minimum(center_ys + radius, gt_bboxes[:, 3])
+            valid = (xs > x1) & (ys > y1) & (xs < x2) & (ys < y2)
+        else:
+            valid = bbox_targets.min(-1)[0] > 0
+        max_regress_distance = bbox_targets.max(-1)[0]
+        valid &= (max_regress_distance >= regress_ranges[:, :1]) & \
+            (max_regress_distance <= regress_ranges[:, 1:])
+        if self.sample_in_mask:
+            # before the min-area choice (reference: area = INF), so that a
+            # location outside a small gt's mask can go to a larger gt
+            valid &= self._points_in_masks(points, masks)
+        areas = (gt_bboxes[:, 2] - gt_bboxes[:, 0]) * (
+            gt_bboxes[:, 3] - gt_bboxes[:, 1])
+        areas = torch.where(valid, areas[None], self._INF)  # (P, G)
+        min_area, min_area_inds = areas.min(dim=1)
+
+        labels = gt_labels[min_area_inds]
+        labels[min_area == self._INF] = self.num_classes  # background
+        bbox_targets = bbox_targets[range(num_points), min_area_inds]
+        pos_inds = ((labels >= 0)
+                    & (labels < self.num_classes)).nonzero().reshape(-1)
+        pos_gt_inds = min_area_inds[labels < self.num_classes]
+        return labels, bbox_targets, pos_inds, pos_gt_inds
+
+    def _gt_masks_tensor(self, gt_instances: InstanceData) -> Optional[Tensor]:
+        """(G, h, w) bool gt masks, converted once for the centroids and the
+        in-mask test; None when neither needs them or there are no masks."""
+        gt_masks = gt_instances.get('masks', None)
+        if gt_masks is None and self.sample_in_mask:
+            raise ValueError('EmbedMaskBboxHead: sample_in_mask=True needs '
+                             'gt masks in gt_instances')
+        need_centroid = self.center_sampling and \
+            self.center_sample_on == 'mask'
+        if gt_masks is None or not (need_centroid or self.sample_in_mask):
+            return None
+        return gt_masks.to_tensor(dtype=torch.bool,
+                                  device=gt_instances.bboxes.device)
+
+    def _sample_centers(self, gt_bboxes: Tensor,
+                        masks: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Centre-sampling centres (G,), (G,): box centre ('box', or no
+        masks, as mmdet) or mask centroid (m10 / m00, m01 / m00)."""
+        if self.center_sample_on == 'box' or masks is None:
+            return (gt_bboxes[:, 0] + gt_bboxes[:, 2]) / 2, \
+                (gt_bboxes[:, 1] + gt_bboxes[:, 3]) / 2
+        # same ops as CondInstBboxHead so the default targets are bitwise equal
+        h, w = masks.shape[-2:]
+        yys = torch.arange(0, h, dtype=torch.float32, device=masks.device)
+        xxs = torch.arange(0, w, dtype=torch.float32, device=masks.device)
+        m00 = masks.sum(dim=-1).sum(dim=-1).clamp(min=1e-6)
+        m10 = (masks * xxs).sum(dim=-1).sum(dim=-1)
+        m01 = (masks * yys[:, None]).sum(dim=-1).sum(dim=-1)
+        return m10 / m00, m01 / m00
+
+    @staticmethod
+    def _points_in_masks(points: Tensor, masks: Tensor) -> Tensor:
+        """(P, G) bool: mask_g[int(y_p), int(x_p)] for points (P, 2) and
+        masks (G, h, w). As the reference (which zero-pads the masks to the
+        P7-grid size), a pixel beyond the mask is outside it."""
+        h, w = masks.shape[-2:]
+        xi, yi = points[:, 0].long(), points[:, 1].long()
+        hit = masks[:, yi.clamp(0, h - 1), xi.clamp(0, w - 1)]  # (G, P)
+        return (hit & (xi < w) & (yi < h)).t()
 
     def get_positive_infos(self) -> InstanceList:
         """Positives of each image with ``embeddings``, ``margins``,
@@ -274,15 +371,72 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         results.margins = params[:, self.embed_dim:]
         return results
 
-    def _predict_by_feat_single(self, *args, **kwargs) -> InstanceData:
+    def _predict_by_feat_single(self, cls_score_list: List[Tensor],
+                                bbox_pred_list: List[Tensor],
+                                score_factor_list: List[Tensor],
+                                param_pred_list: List[Tensor],
+                                mlvl_points: List[Tensor],
+                                mlvl_strides: List[Tensor], img_meta: dict,
+                                cfg, rescale: bool = False,
+                                with_nms: bool = True) -> InstanceData:
         """Boxes after NMS, each carrying its ``embeddings``, ``margins`` and
-        FCOS ``points``/``strides``; scores per ``test_cfg.score_type``."""
-        results = self._split_params(
-            super()._predict_by_feat_single(*args, **kwargs))
-        cfg = kwargs.get('cfg') or self.test_cfg
+        FCOS ``points``/``strides``; scores per ``test_cfg.score_type``.
+
+        ``thresh_with_ctr=True`` is AdelaiDet's FCOS inference (candidates
+        and the per-level top-``nms_pre`` by cls x ctr, boxes not clipped
+        before NMS); otherwise mmdet's CondInst path (cls alone)."""
+        cfg = self.test_cfg if cfg is None else cfg
+        args = (cls_score_list, bbox_pred_list, score_factor_list,
+                param_pred_list, mlvl_points, mlvl_strides)
         if cfg.get('thresh_with_ctr', False):
-            # AdelaiDet thresholds cls x ctr, mmdet's FCOS thresholds cls
-            results = results[results.scores > cfg.get('score_thr', 0.)]
+            results = self._select_by_cls_ctr(*args, cfg)
+        else:
+            results = super()._predict_by_feat_single(
+                *args, img_meta=img_meta, cfg=cfg, rescale=rescale,
+                with_nms=with_nms)
+        results = self._split_params(results)
         if cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
             results.scores = results.scores.sqrt()
         return results
+
+    def _select_by_cls_ctr(self, cls_score_list, bbox_pred_list,
+                           score_factor_list, param_pred_list, mlvl_points,
+                           mlvl_strides, cfg) -> InstanceData:
+        """AdelaiDet ``FCOSOutputs.forward_for_single_feature_map`` and
+        ``select_over_all_levels``: score = σ(cls) σ(ctr) > score_thr, top
+        ``nms_pre`` per level, class-wise NMS, top ``max_per_img``."""
+        nms_pre = cfg.get('nms_pre', -1)
+        score_thr = cfg.get('score_thr', 0.)
+        levels = []
+        for cls_score, bbox_pred, ctr, param_pred, points, strides in zip(
+                cls_score_list, bbox_pred_list, score_factor_list,
+                param_pred_list, mlvl_points, mlvl_strides):
+            scores = cls_score.permute(1, 2, 0).reshape(
+                -1, self.cls_out_channels).sigmoid() * \
+                ctr.permute(1, 2, 0).reshape(-1, 1).sigmoid()
+            candidates = scores > score_thr
+            scores = scores[candidates]
+            loc_inds, labels = candidates.nonzero(as_tuple=True)
+            if 0 <= nms_pre < len(scores):
+                scores, top = scores.topk(nms_pre, sorted=False)
+                loc_inds, labels = loc_inds[top], labels[top]
+            level = InstanceData()
+            level.scores = scores
+            level.labels = labels
+            level.points = points[loc_inds]
+            level.strides = strides[loc_inds]
+            level.bboxes = distance2bbox(
+                level.points, bbox_pred.permute(1, 2, 0).reshape(-1, 4)[loc_inds])
+            level.param_preds = param_pred.permute(1, 2, 0).reshape(
+                -1, self.num_params)[loc_inds]
+            levels.append(level)
+        results = InstanceData.cat(levels)
+        if cfg.get('min_bbox_size', -1) >= 0:
+            w = results.bboxes[:, 2] - results.bboxes[:, 0]
+            h = results.bboxes[:, 3] - results.bboxes[:, 1]
+            results = results[(w > cfg.min_bbox_size) & (h > cfg.min_bbox_size)]
+        if len(results) == 0:
+            return results
+        _, keep = batched_nms(results.bboxes, results.scores, results.labels,
+                              cfg.nms)
+        return results[keep[:cfg.get('max_per_img', 100)]]

@@ -8,7 +8,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmdet.models.dense_heads.base_mask_head import BaseMaskHead
-from mmdet.models.dense_heads.condinst_head import MaskFeatModule
 from mmdet.models.utils.misc import empty_instances
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps
@@ -19,32 +18,18 @@ from torch import Tensor
 from ..utils import (check_choice, check_embed_dim, location_map,
                      mask_logit, mask_probability, spatial_embedding)
 from ..utils.mask_paste import (MAX_PASTE_ELEMENTS, crop_masks_to_boxes,
-                                paste_masks, resample_to_output)
+                                paste_masks, paste_masks_aligned_bilinear,
+                                resample_to_output)
+from ..utils.mask_targets import ALIGNMENTS, cell_targets, upsample_prob
+from .pixel_branch import PIXEL_BRANCHES, EmbedMaskPixelBranch
 
 __all__ = ['EmbedMaskMaskHead', 'MAX_PASTE_ELEMENTS', 'crop_masks_to_boxes',
            'paste_masks', 'resample_to_output']
 
-# The two published pixel branches and one finer variant, as MaskFeatModule
-# settings (levels are indices into the neck outputs).
-PIXEL_BRANCHES = {
-    # AdelaiDet port: P3-P5 fused, 4 BN convs, p at stride 8, upsampled.
-    'p3p5_fusion': dict(start_level=0, end_level=2, feat_channels=128,
-                        num_stacked_convs=4, norm_cfg=dict(type='BN'),
-                        upsample_embedding=False),
-    # authors' FCOS repo (v3): GN tower on P3 only, embedding upsampled x2
-    # to stride 4 before p.
-    'p3_tower': dict(start_level=0, end_level=0, feat_channels=256,
-                     num_stacked_convs=3,
-                     norm_cfg=dict(type='GN', num_groups=32),
-                     upsample_embedding=True),
-    # not in the paper: P2-P5 fused at stride 4 (the neck must also output P2
-    # as level 0, the box head then reads from level 1), so small objects'
-    # embeddings get stride-4 detail instead of an upsampled stride-8 map
-    'p2p5_fusion': dict(start_level=0, end_level=3, feat_channels=128,
-                        num_stacked_convs=4, norm_cfg=dict(type='BN'),
-                        upsample_embedding=False, mask_stride=4),
-}
 SAMPLINGS = ('all_positives', 'best_iou_per_gt')
+# mask loss normalisation: mean over the batch's instances (AdelaiDet), or
+# mean per image, summed, / images incl. empty ones (FCOS repo)
+LOSS_MASK_NORMS = ('instances', 'images')
 # how masks reach the output resolution: resample p (the authors' way) or
 # resample the embeddings and evaluate p at every output pixel
 MASK_RESAMPLES = ('prob', 'embedding')
@@ -78,6 +63,13 @@ class EmbedMaskMaskHead(BaseMaskHead):
         prob_eps (float): p is clamped to [eps, 1-eps] before the logit.
         loss_mask (dict): Loss on mask logits (LovaszHingeLoss, or mmdet's
             DiceLoss / CrossEntropyLoss with use_sigmoid=True).
+        loss_mask_norm (str): 'instances' (mean over the batch's trained
+            masks, AdelaiDet) or 'images' (mean per image, summed over
+            images, divided by the number of images, FCOS repo).
+        alignment (str): Where a cell of p sits, for targets and test
+            placement alike (see ``mask_targets``): 'centre' (at
+            (k + 0.5) x stride) or 'adelaidet' (the authors' code; needed
+            for their published weights).
         loss_semantic (dict, optional): Auxiliary semantic focal loss.
         semantic_channels (int): Width of the semantic branch.
         semantic_level (int, optional): Neck output the semantic branch reads;
@@ -99,6 +91,8 @@ class EmbedMaskMaskHead(BaseMaskHead):
                  prob_eps: float = 1e-6,
                  loss_mask: ConfigType = dict(
                      type='LovaszHingeLoss', loss_weight=1.0),
+                 loss_mask_norm: str = 'instances',
+                 alignment: str = 'centre',
                  loss_semantic: OptConfigType = None,
                  semantic_channels: int = 128,
                  semantic_level: Optional[int] = None,
@@ -108,6 +102,11 @@ class EmbedMaskMaskHead(BaseMaskHead):
         super().__init__(init_cfg=init_cfg)
         check_embed_dim('EmbedMaskMaskHead', embed_dim)
         check_choice('EmbedMaskMaskHead', 'sampling', sampling, SAMPLINGS)
+        check_choice('EmbedMaskMaskHead', 'loss_mask_norm', loss_mask_norm,
+                     LOSS_MASK_NORMS)
+        check_choice('EmbedMaskMaskHead', 'alignment', alignment, ALIGNMENTS)
+        self.loss_mask_norm = loss_mask_norm
+        self.alignment = alignment
         if not 0 < prob_eps < 0.5:
             raise ValueError(f'EmbedMaskMaskHead: prob_eps must be in (0, 0.5), '
                              f'got {prob_eps!r}')
@@ -167,7 +166,7 @@ class EmbedMaskMaskHead(BaseMaskHead):
         self.pixel_start_level = settings['start_level']
         self.upsample_embedding = settings.pop('upsample_embedding')
         self.pixel_stride = settings.pop('mask_stride', 8)
-        self.pixel_branch = MaskFeatModule(
+        self.pixel_branch = EmbedMaskPixelBranch(
             in_channels=self.in_channels, out_channels=self.embed_dim,
             mask_stride=self.pixel_stride, **settings)
         self.prob_stride = self.pixel_stride // 2 if self.upsample_embedding \
@@ -240,12 +239,8 @@ class EmbedMaskMaskHead(BaseMaskHead):
         """p of ``instances`` on one image at ``mask_out_stride``, (N, h, w)."""
         prob = mask_probability(pixel_embed, self.proposal_embedding(instances),
                                 instances.margins)
-        factor = self.prob_stride // self.mask_out_stride
-        if factor > 1:
-            # align_corners=False keeps cell centres where the gt is sampled
-            prob = F.interpolate(prob[None], scale_factor=factor,
-                                 mode='bilinear', align_corners=False)[0]
-        return prob
+        return upsample_prob(prob, self.prob_stride // self.mask_out_stride,
+                             self.alignment)
 
     # --------------------------------------------------------------------- loss
     def sample_positives(self, positive_infos: InstanceList,
@@ -285,23 +280,26 @@ class EmbedMaskMaskHead(BaseMaskHead):
         assert positive_infos is not None, \
             'EmbedMaskMaskHead needs the positives of the box head'
         sampled = self.sample_positives(positive_infos, batch_gt_instances)
-        logits, targets = [], []
-        start = self.mask_out_stride // 2
+        logits, targets, weights = [], [], []
         for pixel_embed, info, gt in zip(pixel_embeds, sampled,
                                          batch_gt_instances):
             if len(info) == 0:
                 continue
-            gt_masks = gt.masks.to_tensor(dtype=torch.bool,
-                                          device=pixel_embed.device)
-            gt_masks = gt_masks[:, start::self.mask_out_stride,
-                                start::self.mask_out_stride]
+            gt_masks = cell_targets(
+                gt.masks.to_tensor(dtype=torch.bool, device=pixel_embed.device),
+                self.mask_out_stride, self.alignment)
             prob = self.mask_prob_at_out_stride(pixel_embed, info)
             h = min(prob.size(1), gt_masks.size(1))
             w = min(prob.size(2), gt_masks.size(2))
             logits.append(mask_logit(prob[:, :h, :w], self.prob_eps))
             targets.append(gt_masks[info.pos_assigned_gt_inds, :h, :w].float())
+            weights.append(prob.new_full((len(info), ), 1. / len(info)))
         if logits:
-            loss_mask = self.loss_mask(torch.cat(logits), torch.cat(targets))
+            # float32 whatever the autocast state: the loss is exact
+            with torch.autocast(pixel_embeds.device.type, enabled=False):
+                loss_mask = self.mask_loss(torch.cat(logits).float(),
+                                           torch.cat(targets),
+                                           torch.cat(weights), len(sampled))
         else:
             # no positive: exact zero that still reaches every parameter
             loss_mask = pixel_embeds.sum() * 0. + sum(
@@ -313,21 +311,33 @@ class EmbedMaskMaskHead(BaseMaskHead):
                 sem_logits, batch_gt_instances)
         return losses
 
+    def mask_loss(self, logits: Tensor, targets: Tensor, weights: Tensor,
+                  num_imgs: int) -> Tensor:
+        """``loss_mask`` on (M, h, w) logits and targets per
+        ``loss_mask_norm``: mean over the M masks, or Σ_img mean_img / B with
+        ``weights`` (M,) = 1 / (masks of the mask's image)."""
+        if self.loss_mask_norm == 'instances':
+            return self.loss_mask(logits, targets)
+        return self.loss_mask(logits, targets, weight=weights,
+                              avg_factor=float(num_imgs),
+                              reduction_override='mean')
+
     def semantic_targets(self, batch_gt_instances: InstanceList,
                          stride: int, size: Tuple[int, int]) -> Tensor:
         """Class of the smallest gt covering each cell centre, ``num_classes``
         for background; (B, h, w)."""
         targets = []
         for gt in batch_gt_instances:
-            masks = gt.masks.to_tensor(dtype=torch.bool,
-                                       device=gt.labels.device)
-            masks = masks[:, stride // 2::stride, stride // 2::stride]
+            full = gt.masks.to_tensor(dtype=torch.bool,
+                                      device=gt.labels.device)
+            masks = cell_targets(full, stride, self.alignment)
             target = gt.labels.new_full(size, self.num_classes)
             if len(masks):
                 h = min(size[0], masks.size(1))
                 w = min(size[1], masks.size(2))
                 masks = masks[:, :h, :w]
-                areas = masks.flatten(1).sum(1).float()
+                # the smallest object by its area in pixels, as AdelaiDet
+                areas = full.flatten(1).sum(1).float()
                 cost = torch.where(masks, areas[:, None, None],
                                    areas.new_tensor(float('inf')))
                 min_cost, inds = cost.min(dim=0)
@@ -391,6 +401,12 @@ class EmbedMaskMaskHead(BaseMaskHead):
         threshold = cfg.get('mask_thr', 0.5)
         max_elements = cfg.get('max_paste_elements', MAX_PASTE_ELEMENTS)
         proposal_embed = self.proposal_embedding(results)
+        if self.alignment == 'adelaidet':
+            prob = self.mask_prob_at_out_stride(pixel_embed, results)
+            results.masks = paste_masks_aligned_bilinear(
+                prob, self.mask_out_stride, (img_h, img_w), (out_h, out_w),
+                threshold, boxes, box_padding, max_elements)
+            return results
         if cfg.get('mask_resample', 'prob') == 'prob':
             prob = mask_probability(pixel_embed, proposal_embed,
                                     results.margins)

@@ -76,10 +76,12 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
 
     p_ik = exp(- Σ_d s_kd (x_id - q_kd)^2)
 
-    Expanded as Σ_d s x² - 2 Σ_d (s q) x + Σ_d s q² so that it is three
-    matrix products and no (N, D, H, W) tensor is ever formed. Both embeddings
-    are first centred on the image's mean pixel embedding (distances do not
-    change), which keeps the float32 cancellation error far below 1e-3.
+    Always float32, whatever the input dtype or autocast state: p feeds the
+    mask threshold and the mask loss, and at large margins s an fp16/bf16
+    energy flips many pixels across p = 0.5. The differences (x - q) are
+    formed explicitly (no expansion into x^2 - 2xq + q^2, whose cancellation
+    costs ~s * |x|^2 * eps of accuracy), one dimension at a time so that no
+    (N, D, H, W) tensor is formed.
 
     Args:
         pixel_embed (Tensor): (D, H, W) pixel embeddings x.
@@ -87,17 +89,54 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
         margin (Tensor): (N, D) proposal margins s > 0.
 
     Returns:
-        Tensor: (N, H, W) probabilities in [0, 1].
+        Tensor: (N, H, W) float32 probabilities in [0, 1].
     """
     dim, height, width = pixel_embed.shape
-    x = pixel_embed.reshape(dim, height * width)
-    centre = x.detach().mean(dim=1)
-    x = x - centre[:, None]
-    q = proposal_embed - centre[None]
-    energy = margin @ x.square() - 2. * (margin * q) @ x \
-        + (margin * q.square()).sum(dim=1, keepdim=True)
-    # rounding can make the energy slightly negative when x == q
-    return torch.exp(-energy.clamp(min=0.)).reshape(-1, height, width)
+    with torch.autocast(pixel_embed.device.type, enabled=False):
+        x = pixel_embed.float().reshape(dim, height * width)
+        # distances do not change when both sides are centred on the mean
+        # pixel; it keeps the backward's expanded products well conditioned
+        centre = x.detach().mean(dim=1)
+        energy = _MaskEnergy.apply(x - centre[:, None],
+                                   proposal_embed.float() - centre[None],
+                                   margin.float())
+        return torch.exp(-energy).reshape(-1, height, width)
+
+
+class _MaskEnergy(torch.autograd.Function):
+    """E_ki = Σ_d s_kd (x_di - q_kd)^2 for x (D, P), q and s (N, D) -> (N, P).
+
+    The forward loops over d (exact differences, (N, P) memory); the
+    backward needs only matrix products and keeps x, q, s (autograd would
+    keep D tensors of (N, P)):
+        dE/dx_di = 2 Σ_k g_ki s_kd (x_di - q_kd)
+        dE/dq_kd = -2 s_kd Σ_i g_ki (x_di - q_kd)
+        dE/ds_kd = Σ_i g_ki (x_di - q_kd)^2
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q: Tensor, s: Tensor) -> Tensor:
+        ctx.save_for_backward(x, q, s)
+        energy = x.new_zeros((q.size(0), x.size(1)))
+        for d in range(x.size(0)):
+            diff = x[d][None, :] - q[:, d, None]
+            energy.addcmul_(diff.square_(), s[:, d, None])
+        return energy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, q, s = ctx.saved_tensors
+        g_sum = grad.sum(dim=1, keepdim=True)  # (N, 1)
+        gx = grad @ x.T  # (N, D): Σ_i g_ki x_di
+        grad_x = grad_q = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_x = 2. * (x * (s.T @ grad) - (s * q).T @ grad)
+        if ctx.needs_input_grad[1]:
+            grad_q = -2. * s * (gx - q * g_sum)
+        if ctx.needs_input_grad[2]:
+            grad_s = grad @ x.square().T - 2. * q * gx + q.square() * g_sum
+        return grad_x, grad_q, grad_s
 
 
 def mask_logit(prob: Tensor, eps: float) -> Tensor:

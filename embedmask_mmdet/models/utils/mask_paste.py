@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmdet.models.utils.misc import aligned_bilinear
 from torch import Tensor
 
 # floats resampled per chunk of detections (test_cfg.max_paste_elements): 8 MB
@@ -230,4 +231,30 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
         for i in range(0, num, chunk):
             crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
                                 box_padding)
+    return masks
+
+
+def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
+                                 img_shape: Tuple[int, int],
+                                 out_shape: Tuple[int, int], threshold: float,
+                                 boxes: Optional[Tensor] = None,
+                                 box_padding: float = 0.,
+                                 max_elements: int = MAX_PASTE_ELEMENTS
+                                 ) -> Tensor:
+    """The authors' placement (AdelaiDet ``EmbedMask.postprocess``): p (N, h,
+    w) at ``stride`` -> ``aligned_bilinear`` x stride (cell k on pixel
+    stride k + stride // 2) -> crop to ``img_shape`` -> bilinear
+    (align_corners=False) to ``out_shape`` -> p > threshold, optionally
+    cropped to ``boxes``. (N, out_h, out_w) bool, in chunks of detections."""
+    num, h, w = prob.shape
+    masks = prob.new_empty((num, *out_shape), dtype=torch.bool)
+    chunk = max(1, max_elements // max(h * w * stride * stride, 1))
+    for i in range(0, num, chunk):
+        up = aligned_bilinear(prob[i:i + chunk, None], stride)
+        up = F.interpolate(up[:, :, :img_shape[0], :img_shape[1]],
+                           size=tuple(out_shape), mode='bilinear',
+                           align_corners=False)
+        chunk_masks = torch.gt(up[:, 0], threshold, out=masks[i:i + chunk])
+        if boxes is not None:
+            crop_masks_to_boxes(chunk_masks, boxes[i:i + chunk], box_padding)
     return masks

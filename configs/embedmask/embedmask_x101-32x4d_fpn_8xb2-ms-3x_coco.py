@@ -1,7 +1,7 @@
-# EmbedMask ResNeXt-101 32x4d FPN, MS 3x (the unofficial port's MS_X_101_3x):
-# the R-101 3x recipe with open-mmlab ResNeXt weights as in mmdet's x101
+# EmbedMask ResNeXt-101 32x4d FPN, MS 3x: the R-101 3x recipe with
+# open-mmlab's (PyTorch-style, RGB) ResNeXt weights as in mmdet's x101
 # configs. No EmbedMask X-101 result has been published: nothing to reproduce.
-_base_ = './embedmask_r101_fpn_ms-3x_coco.py'
+_base_ = './embedmask_r101-caffe_fpn_8xb2-ms-3x_coco.py'
 
 reference_results = dict(
     source=None, bbox_mAP=None, segm_mAP=None,
@@ -9,9 +9,13 @@ reference_results = dict(
     '(arXiv 1912.01954), COCO test-dev, R-101-FPN mask AP 37.7')
 
 model = dict(
+    data_preprocessor=dict(mean=[123.675, 116.28, 103.53],
+                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
     backbone=dict(
         type='ResNeXt',
         groups=32,
         base_width=4,
+        style='pytorch',
+        norm_cfg=dict(type='BN', requires_grad=True),
         init_cfg=dict(type='Pretrained',
                       checkpoint='open-mmlab://resnext101_32x4d')))

@@ -1,0 +1,62 @@
+# EmbedMask R-50-FPN, the authors' FCOS-repo design (v3, spec section 3 left
+# column): 3x3 proposal convs, SAMPLE_IN_MASK, GN P3 tower with x2-upsampled
+# embedding, one best-IoU positive per gt, Lovász hinge weight 0.5 (eps 1e-9),
+# no semantic loss, score cls*ctr, mask thr 0.53, masks cropped to box + 2 px.
+# Target rules of its loss.py: positives must lie in their gt's mask before
+# the smallest gt is chosen, centre sampling around the box centre, mask loss
+# averaged per image then over images. maskrcnn-benchmark recipe: MSRA R-50
+# (caffe, FrozenBN, BGR, std 1), lr 0.01 batch 16, constant warmup 1/3 for
+# 500 iters, bias lr x2 and no weight decay on biases, 1x single-scale
+# (train 800/1333).
+# No published number is for this code: the FCOS-repo README's R50 1x mask
+# AP 34.7 (May 2020) was measured with its v2 code (D = 8).
+_base_ = './embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
+
+reference_results = dict(
+    source=None, bbox_mAP=None, segm_mAP=None,
+    note="the FCOS-repo README's R50 1x mask AP 34.7 is of its v2 code "
+    '(D=8), not of this design')
+
+model = dict(
+    bbox_head=dict(proposal_head='conv3', sample_in_mask=True,
+                   center_sample_on='box'),
+    mask_head=dict(
+        pixel_branch=dict(type='p3_tower'),
+        # our cell placement, consistent in training and test
+        alignment='centre',
+        loss_mask_norm='images',
+        learnable_coord_scale=True,
+        sampling='best_iou_per_gt',
+        prob_eps=1e-9,
+        loss_mask=dict(type='LovaszHingeLoss', loss_weight=0.5),
+        loss_semantic=None),
+    test_cfg=dict(
+        score_type='cls_ctr',
+        thresh_with_ctr=False,
+        mask_thr=0.53,
+        crop_to_box=True,
+        crop_padding=2))
+
+# single-scale training: the multi-scale RandomChoiceResize of the base
+# becomes one Resize to 800/1333
+backend = 'pillow'
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None,
+         imdecode_backend=backend),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True,
+         poly2mask=False),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True, backend=backend),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+
+param_scheduler = [
+    dict(type='ConstantLR', factor=1. / 3, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=90000, by_epoch=False,
+         milestones=[60000, 80000], gamma=0.1)
+]
+optim_wrapper = dict(
+    # maskrcnn-benchmark decays norm weights (None: the base's 0 undone)
+    paramwise_cfg=dict(norm_decay_mult=None, bias_lr_mult=2.,
+                       bias_decay_mult=0.))

@@ -1,0 +1,60 @@
+"""EmbedMask's pixel-embedding branches as mmdet ``MaskFeatModule`` settings.
+
+The published (AdelaiDet) branch is mmdet's CondInst mask branch plus one
+3x3 conv to 128 channels (AdelaiDet ``MaskBranch.tower[-1]``) and a 3x3
+prediction conv to D (``EmbedHead``: 2 spatial + D-2 free channels as one
+conv). Levels are indices into the neck outputs.
+"""
+import torch.nn as nn
+from mmdet.models.dense_heads.condinst_head import MaskFeatModule
+
+PIXEL_BRANCHES = {
+    # AdelaiDet (the published model): P3-P5 fused with aligned_bilinear,
+    # 4 BN convs, a 3x3 conv to 128, a 3x3 conv to D; p at stride 8
+    'p3p5_fusion': dict(start_level=0, end_level=2, feat_channels=128,
+                        num_stacked_convs=4, norm_cfg=dict(type='BN'),
+                        out_conv=True, pred_kernel_size=3,
+                        upsample_embedding=False),
+    # authors' FCOS repo (v3): GN tower on P3 only, 3x3 prediction conv,
+    # embedding upsampled x2 to stride 4 before p
+    'p3_tower': dict(start_level=0, end_level=0, feat_channels=256,
+                     num_stacked_convs=3,
+                     norm_cfg=dict(type='GN', num_groups=32),
+                     out_conv=False, pred_kernel_size=3,
+                     upsample_embedding=True),
+    # not in the paper: P2-P5 fused at stride 4 (the neck must also output P2
+    # as level 0, the box head then reads from level 1), so small objects'
+    # embeddings get stride-4 detail instead of an upsampled stride-8 map
+    'p2p5_fusion': dict(start_level=0, end_level=3, feat_channels=128,
+                        num_stacked_convs=4, norm_cfg=dict(type='BN'),
+                        out_conv=False, pred_kernel_size=1,
+                        upsample_embedding=False, mask_stride=4),
+}
+
+
+class EmbedMaskPixelBranch(MaskFeatModule):
+    """mmdet's ``MaskFeatModule`` with AdelaiDet's head: ``out_conv`` appends
+    a plain 3x3 conv (with bias, no norm/activation) to ``conv_branch``, and
+    ``pred_kernel_size`` sets the prediction conv's kernel (mmdet: 1).
+
+    Output: (B, out_channels, H, W) at ``mask_stride``.
+    """
+
+    def __init__(self, *args, out_conv: bool = False,
+                 pred_kernel_size: int = 1, **kwargs) -> None:
+        if pred_kernel_size not in (1, 3):
+            raise ValueError('EmbedMaskMaskHead: pixel_branch.pred_kernel_size '
+                             f'must be 1 or 3, got {pred_kernel_size!r}')
+        self.out_conv = bool(out_conv)
+        self.pred_kernel_size = pred_kernel_size
+        super().__init__(*args, **kwargs)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        if self.out_conv:
+            self.conv_branch.append(nn.Conv2d(
+                self.feat_channels, self.feat_channels, 3, padding=1))
+        if self.pred_kernel_size != 1:
+            self.conv_pred = nn.Conv2d(
+                self.feat_channels, self.out_channels, self.pred_kernel_size,
+                padding=self.pred_kernel_size // 2)
