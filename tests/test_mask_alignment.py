@@ -1,0 +1,106 @@
+"""Training targets and test-time placement of p agree to the half pixel.
+
+A model that reproduces its training targets exactly must give masks where
+the objects are. For gt disks (radius 6/10/30 px) at 64 sub-cell positions
+evenly covering a stride-4 cell, the targets are taken as p and pasted to
+full resolution by the test path: the mean centroid error (the systematic
+shift) must stay within 0.05 px. The per-disk error is the quantisation of a
+binary stride-4 target (up to ~1.3 px at radius 6), the same in the authors'
+code, and averages out.
+"""
+import pytest
+import torch
+
+from embedmask_mmdet.models.utils.mask_paste import (
+    paste_masks, paste_masks_aligned_bilinear)
+from embedmask_mmdet.models.utils.mask_targets import (cell_targets,
+                                                       upsample_prob)
+
+SIZE = 160
+STRIDE = 4
+
+
+def disk(cx: float, cy: float, r: float) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(SIZE) + 0.5,
+                            torch.arange(SIZE) + 0.5, indexing='ij')
+    return (xs - cx)**2 + (ys - cy)**2 <= r * r
+
+
+def centroid(mask: torch.Tensor) -> torch.Tensor:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return torch.stack([xs.double().mean(), ys.double().mean()]) + 0.5
+
+
+def paste(prob: torch.Tensor, placement: str) -> torch.Tensor:
+    if placement == 'adelaidet':
+        return paste_masks_aligned_bilinear(prob, STRIDE, (SIZE, SIZE),
+                                            (SIZE, SIZE), 0.5)
+    return paste_masks(prob, STRIDE, (SIZE, SIZE), (SIZE, SIZE), 0.5)
+
+
+def mean_shift(radius: float, targets: str, placement: str) -> torch.Tensor:
+    """Mean (x, y) centroid error over 8 x 8 disk centres every 0.5 px."""
+    errors = []
+    for i in range(8):
+        for j in range(8):
+            gt = disk(72.25 + 0.5 * i, 76.25 + 0.5 * j, radius)
+            p = cell_targets(gt[None], STRIDE, targets).float()
+            out = paste(p, placement)[0]
+            errors.append(centroid(out) - centroid(gt))
+    return torch.stack(errors).mean(0)
+
+
+@pytest.mark.parametrize('radius', [6, 10, 30])
+@pytest.mark.parametrize('alignment', ['centre', 'adelaidet'])
+def test_targets_pasted_keep_centroid(alignment, radius):
+    shift = mean_shift(radius, alignment, alignment)
+    assert shift.abs().max() < 0.05, f'mean centroid shift {shift.tolist()}'
+
+
+def test_mixed_conventions_shift_half_a_pixel():
+    """The test can fail: the authors' targets (pixel 4k + 2) placed by the
+    cell-centre path, as this package did before, shift masks by -0.5 px."""
+    shift = mean_shift(10, 'adelaidet', 'centre')
+    assert torch.allclose(shift, torch.tensor([-0.5, -0.5],
+                                              dtype=shift.dtype), atol=0.05)
+
+
+def test_centre_targets_are_block_majority():
+    """'centre' target of cell k = majority of the s x s pixels around
+    (k + 0.5) s, ties counted in; brute force on random masks."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, 13, 18, generator=g) > 0.5
+    out = cell_targets(masks, 4, 'centre')
+    assert out.shape == (3, 4, 5) and out.dtype == torch.bool
+    padded = torch.zeros(3, 16, 20, dtype=torch.bool)
+    padded[:, :13, :18] = masks
+    for n in range(3):
+        for i in range(4):
+            for j in range(5):
+                block = padded[n, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+                assert bool(out[n, i, j]) == (int(block.sum()) * 2 >= 16)
+
+
+def test_adelaidet_targets_sample_pixel_s_k_plus_half_s():
+    masks = torch.rand(2, 16, 16) > 0.5
+    torch.testing.assert_close(cell_targets(masks, 4, 'adelaidet'),
+                               masks[:, 2::4, 2::4])
+
+
+@pytest.mark.parametrize('alignment', ['centre', 'adelaidet'])
+def test_upsampled_prob_keeps_cells_in_place(alignment):
+    """p at stride 8 upsampled x2 to stride 4 (the training path) puts cell
+    k's value where the same convention's test path puts it: a one-hot p
+    pasted from stride 8 directly ('centre') or through stride 4
+    ('adelaidet', as the authors) peaks at the same pixel."""
+    p8 = torch.zeros(1, 10, 10)
+    p8[0, 4, 6] = 1.
+    p4 = upsample_prob(p8, 2, alignment)
+    assert p4.shape == (1, 20, 20)
+    if alignment == 'centre':
+        # cell (4, 6) of stride 8 is centred at (52, 36): between stride-4
+        # cells 12/13 and 8/9, which share the peak
+        assert torch.allclose(p4[0, 8:10, 12:14], p4[0, 8:10, 12:14].max())
+    else:
+        # aligned_bilinear x2: cell k on stride-4 cell 2k + 1
+        assert p4[0].argmax() == 9 * 20 + 13
