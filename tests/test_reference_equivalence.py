@@ -162,6 +162,13 @@ def test_feature_maps_match(forward_a, ref_a):
     errors['pixel_embed'] = rel_err(forward_a['pixel_embed'],
                                     ref_a['pixel_embed'])
     worst = max(errors, key=errors.get)
+    fp32 = {k: v for k, v in errors.items()
+            if not k.startswith(('fpn', 'mask_feats'))}
+    print(f'fp16-stored maps (FPN, mask feats): max rel. error '
+          f'{max(v for k, v in errors.items() if k not in fp32):.1e}; '
+          'float32 maps: ' + ', '.join(
+              f'{k} {v:.1e}' for k, v in sorted(fp32.items(),
+                                                key=lambda kv: -kv[1])[:4]))
     assert errors[worst] < REL_TOL, f'{worst}: {errors[worst]:.2e}'
 
 
@@ -189,6 +196,8 @@ def test_detections_match(forward_a, ref_a):
     ours, ref = map(list, zip(*pairs))
     box_err = (dets.bboxes[ours] - final['boxes'][ref]).abs().max()
     score_err = (dets.scores[ours] - final['scores'][ref]).abs().max()
+    print(f'{len(pairs)} detections matched; box error {box_err:.2e} px, '
+          f'score error {score_err:.2e}')
     assert box_err < 0.01, f'box error {box_err:.4f} px'
     assert score_err < 1e-4, f'score error {score_err:.2e}'
     # variant A: every probability underflows to 0, so no mask has a pixel
@@ -222,6 +231,9 @@ def test_variant_b_masks_match(model, ref_a):
     union = (ref_masks | our_masks).flatten(1).sum(1).float()
     assert (union > 0).all()
     iou = inter / union
+    print(f'{len(pairs)} masks matched; IoU min {iou.min():.5f}, mean '
+          f'{iou.mean():.5f}; stride-4 p error '
+          f'{rel_err(prob4[ours], final["mask_probs_stride4"][ref]):.1e}')
     assert iou.min() >= 0.99, f'worst mask IoU {iou.min():.4f}'
     # the reference's stride-4 map is float16 (1 ulp ~ 5e-4)
     assert rel_err(prob4[ours], final['mask_probs_stride4'][ref]) < REL_TOL
