@@ -54,6 +54,8 @@ def ref_a():
 @pytest.fixture(scope='module')
 def model():
     import embedmask_mmdet  # noqa: F401
+    from mmdet.utils import register_all_modules
+    register_all_modules()
     cfg = Config.fromfile(str(CONFIG))
     model = MODELS.build(cfg.model)
     src = converter.load_adelaidet(str(REF / 'adet_embedmask_r50_seed0.pth'))
@@ -239,3 +241,22 @@ def test_variant_b_masks_match(model, ref_a):
     assert rel_err(prob4[ours], final['mask_probs_stride4'][ref]) < REL_TOL
     np.testing.assert_array_equal(
         our_masks.flatten(1).sum(1).numpy() > 0, True)
+
+
+def test_converter_cli_writes_a_loadable_checkpoint(model, tmp_path, capsys):
+    """The command line writes a checkpoint mmengine loads strictly (as
+    tools/test.py does); a checkpoint of another model is refused."""
+    from mmengine.runner import load_checkpoint
+    dst = str(tmp_path / 'converted.pth')
+    assert converter.main([str(REF / 'adet_embedmask_r50_seed0.pth'), dst]) == 0
+    out = capsys.readouterr().out
+    assert 'mapped 397 model tensors from 403 checkpoint tensors' in out
+    ckpt = load_checkpoint(model, dst, map_location='cpu', strict=True)
+    assert set(ckpt['state_dict']) == set(model.state_dict())
+    other = tmp_path / 'other.pth'
+    torch.save({'model': {'roi_heads.box_predictor.cls_score.weight':
+                          torch.zeros(81, 1024)}}, other)
+    assert converter.main([str(other), str(tmp_path / 'x.pth'),
+                           '--config', str(CONFIG)]) == 1
+    err = capsys.readouterr().err
+    assert 'no conversion rule' in err and 'roi_heads.box_predictor' in err
