@@ -249,3 +249,66 @@ def test_box_centre_equals_condinst_without_masks():
         gt = random_gts(rng, num_gts)
         no_masks = InstanceData(bboxes=gt.bboxes, labels=gt.labels)
         assert_same_targets(targets(ours, gt), targets(ref, no_masks))
+
+
+# ------------------------------------------------ v3 mask loss normalisation
+def _mask_loss_case(loss_mask_norm):
+    """Three images: 1 trained mask, 3 trained masks, none. Returns the
+    head's loss and the per-mask Lovász losses of each image."""
+    from embedmask_mmdet.models.utils import mask_logit
+    from embedmask_mmdet.models.utils.mask_targets import cell_targets
+    torch.manual_seed(0)
+    head = MODELS.build(dict(
+        type='EmbedMaskMaskHead', num_classes=3, in_channels=8, embed_dim=4,
+        pixel_branch=dict(type='p3p5_fusion', feat_channels=8,
+                          num_stacked_convs=1),
+        loss_mask=dict(type='LovaszHingeLoss', loss_weight=0.5),
+        loss_mask_norm=loss_mask_norm, loss_semantic=None))
+    h, w = 64, 64
+    pixel_embeds = torch.randn(3, 4, h // 8, w // 8)
+    infos, gts = [], []
+    for n_pos in (1, 3, 0):
+        gt = InstanceData()
+        masks = np.zeros((2, h, w), np.uint8)
+        masks[0, 8:40, 8:30] = 1
+        masks[1, 20:60, 30:50] = 1
+        gt.masks = BitmapMasks(masks, h, w)
+        gt.labels = torch.tensor([0, 1])
+        gt.bboxes = torch.tensor([[8., 8., 30., 40.], [30., 20., 50., 60.]])
+        info = InstanceData()
+        info.embeddings = torch.randn(n_pos, 4)
+        info.margins = torch.rand(n_pos, 4) * 0.05
+        info.points = torch.rand(n_pos, 2) * 60
+        info.pos_inds = torch.arange(n_pos)
+        info.pos_assigned_gt_inds = torch.arange(n_pos) % 2
+        infos.append(info)
+        gts.append(gt)
+    loss = head.loss_by_feat(pixel_embeds, None, gts, [{}] * 3, infos)
+    per_image = []
+    lovasz = MODELS.build(dict(type='LovaszHingeLoss', reduction='none'))
+    for embed, info, gt in zip(pixel_embeds, infos, gts):
+        if len(info) == 0:
+            per_image.append(torch.zeros(0))
+            continue
+        logits = mask_logit(head.mask_prob_at_out_stride(embed, info), 1e-6)
+        target = cell_targets(gt.masks.to_tensor(torch.bool, 'cpu'), 4)
+        per_image.append(lovasz(logits, target[info.pos_assigned_gt_inds]
+                                .float()))
+    return loss['loss_mask'], per_image
+
+
+def test_v3_mask_loss_mean_per_image_then_over_images():
+    """FCOS repo: each image's masks averaged, summed over images, divided
+    by the number of images (the empty one included), times the weight."""
+    loss, per_image = _mask_loss_case('images')
+    expected = 0.5 * sum(l.mean() for l in per_image if len(l)) / 3
+    torch.testing.assert_close(loss, expected)
+
+
+def test_adelaidet_mask_loss_mean_over_masks():
+    loss, per_image = _mask_loss_case('instances')
+    expected = 0.5 * torch.cat(per_image).mean()
+    torch.testing.assert_close(loss, expected)
+    # the two rules differ on this case: the test can tell them apart
+    other, _ = _mask_loss_case('images')
+    assert not torch.isclose(loss, other)
