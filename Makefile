@@ -5,6 +5,8 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_CONFIG ?= configs/embedmask/embedmask-lite0_fpn_synthetic-cpu.py
 DEMO_DIR ?= work_dirs/demo
 DATA ?= data/synthetic
+# e.g. DEMO_TRAIN_ARGS=--amp (bf16 autocast on a CPU) DEMO_DIR=work_dirs/demo_amp
+DEMO_TRAIN_ARGS ?=
 
 .PHONY: install test demo data bench clean
 
@@ -21,7 +23,7 @@ data: install
 	else $(PY) tools/make_synthetic_coco.py --out $(DATA); fi
 
 demo: data
-	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR) --resume
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR) --resume $(DEMO_TRAIN_ARGS)
 	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --work-dir $(DEMO_DIR)
 	$(PY) tools/demo.py $(DATA)/val $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --out-dir $(DEMO_DIR)/predictions --limit 12 --score-thr 0.5
 	$(PY) tools/plot_curves.py $(DEMO_DIR) --out $(DEMO_DIR)/loss_curve.png

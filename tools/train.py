@@ -8,11 +8,11 @@ import os
 import os.path as osp
 import sys
 
-import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from embedmask_mmdet.engine import enable_amp
 from embedmask_mmdet.utils.dist import (finish_distributed, load_tool_config,
                                         setup_cpu_distributed)
 
@@ -21,8 +21,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (needs a GPU)')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help='automatic mixed precision: fp16 + loss scaling on a GPU '
+        '(mmengine AmpOptimWrapper), bf16 autocast on a CPU '
+        '(embedmask_mmdet CpuAmpOptimWrapper)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the LR by the real batch size')
     parser.add_argument(
@@ -42,12 +45,12 @@ def parse_args(argv=None):
 def build_cfg(args) -> Config:
     cfg = load_tool_config(args)
     if args.amp:
-        if not torch.cuda.is_available():
-            # mmengine's AmpOptimWrapper refuses CPUs; fail before building
-            sys.exit('error: --amp needs a CUDA GPU (mmengine AmpOptimWrapper '
-                     'supports no CPU autocast); train without --amp on CPU')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        # CpuAmpOptimWrapper: mmengine's AmpOptimWrapper on a GPU, bf16
+        # autocast on a CPU (AmpOptimWrapper itself refuses CPUs)
+        try:
+            enable_amp(cfg)
+        except ValueError as e:
+            sys.exit(f'error: {e}')
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             sys.exit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size '

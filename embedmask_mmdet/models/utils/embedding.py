@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+# floats of one (proposals, pixels) slab of the energy: 1 MB, cache-sized
+ENERGY_BLOCK_ELEMENTS = 2**18
 # exp() of a larger log-margin overflows float16 and makes p a step function
 MAX_LOG_MARGIN = 10.
 
@@ -117,10 +119,18 @@ class _MaskEnergy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, q: Tensor, s: Tensor) -> Tensor:
         ctx.save_for_backward(x, q, s)
-        energy = x.new_zeros((q.size(0), x.size(1)))
-        for d in range(x.size(0)):
-            diff = x[d][None, :] - q[:, d, None]
-            energy.addcmul_(diff.square_(), s[:, d, None])
+        num, pixels = q.size(0), x.size(1)
+        energy = x.new_zeros((num, pixels))
+        # blocks of proposals whose (block, P) slabs stay in the CPU's cache
+        # while all D dimensions are accumulated
+        block = max(1, ENERGY_BLOCK_ELEMENTS // max(pixels, 1))
+        diff = x.new_empty((min(block, num), pixels))
+        for i in range(0, num, block):
+            e, qb, sb = energy[i:i + block], q[i:i + block], s[i:i + block]
+            buf = diff[:len(e)]
+            for d in range(x.size(0)):
+                torch.sub(x[d][None, :], qb[:, d, None], out=buf)
+                e.addcmul_(buf.square_(), sb[:, d, None])
         return energy
 
     @staticmethod
