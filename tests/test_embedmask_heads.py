@@ -534,6 +534,12 @@ def test_bbox_head_config_errors(overrides, key):
     # stride-4 branch upsampled to 2 would not match the stride-4 loss
     (dict(pixel_branch=dict(type='p2p5_fusion', upsample_embedding=True)),
      'mask_out_stride'),
+    (dict(alignment='corner'), 'alignment'),
+    (dict(loss_mask_norm='pixels'), 'loss_mask_norm'),
+    (dict(alignment='adelaidet',
+          test_cfg=make_test_cfg(mask_resample='embedding')), 'mask_resample'),
+    (dict(pixel_branch=dict(type='p3p5_fusion', pred_kernel_size=5)),
+     'pred_kernel_size'),
 ])
 def test_mask_head_config_errors(overrides, key):
     with pytest.raises(ValueError, match=key):

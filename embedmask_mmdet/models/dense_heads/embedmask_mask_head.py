@@ -121,6 +121,15 @@ class EmbedMaskMaskHead(BaseMaskHead):
         self.prob_eps = prob_eps
         self.train_cfg = train_cfg
         self.test_cfg = self._check_test_cfg(test_cfg)
+        if alignment == 'adelaidet' and (test_cfg or {}).get(
+                'mask_resample', 'prob') != 'prob':
+            # the authors' placement resamples p; ignoring the key would
+            # hide that the embedding path is not used
+            raise ValueError(
+                "EmbedMaskMaskHead: alignment='adelaidet' places p with "
+                "aligned_bilinear and needs test_cfg.mask_resample='prob' "
+                f"(got {test_cfg.get('mask_resample')!r}); use "
+                "alignment='centre' for the embedding path")
         if learnable_coord_scale:
             self.coord_scale = nn.Parameter(torch.ones(()))
         else:
