@@ -235,7 +235,7 @@ def _far_case(margin: float, seed: int = 0):
     pixels: the case where an expanded x^2 - 2xq + q^2 cancels."""
     g = torch.Generator().manual_seed(seed)
     d, h, w, n = 8, 48, 64, 20
-    step = 2. / margin**0.5
+    step = 0.1 / margin**0.5
     x = torch.randn(d, h, w, generator=g, dtype=torch.float64) * 0.3 + 5.
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
     x[0] = 12. + xs * step
