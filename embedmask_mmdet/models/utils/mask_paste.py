@@ -234,6 +234,38 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     return masks
 
 
+def _aligned_axis_weights(cells: int, stride: int, crop: int, out: int,
+                          like: Tensor) -> Tensor:
+    """(out, cells) weights of the authors' placement along one axis:
+    ``aligned_bilinear`` x stride, crop to ``crop``, bilinear
+    (align_corners=False) to ``out``, read off those ops applied to one-hot
+    cells. Each row is convex, with at most 3 non-zero weights."""
+    eye = torch.eye(cells, dtype=like.dtype, device=like.device)
+    up = aligned_bilinear(eye[None, :, :, None], stride)[:, :, :crop]
+    return F.interpolate(up[..., :1], size=(out, 1), mode='bilinear',
+                         align_corners=False)[0, :, :, 0].T
+
+
+def _nonzero_span(weights: Tensor) -> Tuple[Tensor, Tensor]:
+    """First and last (inclusive) non-zero column of each row, (rows,)."""
+    nz = weights > 0
+    idx = torch.arange(weights.size(1), device=weights.device)
+    first = torch.where(nz, idx, weights.size(1)).amin(dim=1)
+    last = torch.where(nz, idx, -1).amax(dim=1)
+    return first, last
+
+
+def _support_span(weights: Tensor, hit: Tensor) -> Tensor:
+    """Output range [start, stop) per detection outside which every value
+    is a convex combination of cells at or below the threshold: (N, 2).
+    ``hit`` (N, cells) marks the cells above it along this axis."""
+    reach = ((weights > 0).to(weights.dtype) @ hit.to(weights.dtype).T) > 0
+    idx = torch.arange(weights.size(0), device=weights.device)[:, None]
+    start = torch.where(reach, idx, weights.size(0)).amin(dim=0)
+    stop = torch.where(reach, idx + 1, 0).amax(dim=0)
+    return torch.stack([start, torch.maximum(stop, start)], dim=1)
+
+
 def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
                                  img_shape: Tuple[int, int],
                                  out_shape: Tuple[int, int], threshold: float,
@@ -245,16 +277,36 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
     w) at ``stride`` -> ``aligned_bilinear`` x stride (cell k on pixel
     stride k + stride // 2) -> crop to ``img_shape`` -> bilinear
     (align_corners=False) to ``out_shape`` -> p > threshold, optionally
-    cropped to ``boxes``. (N, out_h, out_w) bool, in chunks of detections."""
+    cropped to ``boxes``. (N, out_h, out_w) bool.
+
+    The pipeline is separable and linear: m = W_y P W_x^T with per-axis
+    weights from the same ops, evaluated per detection only on the output
+    rectangle its above-threshold cells reach (elsewhere m <= threshold).
+    """
     num, h, w = prob.shape
-    masks = prob.new_empty((num, *out_shape), dtype=torch.bool)
-    chunk = max(1, max_elements // max(h * w * stride * stride, 1))
-    for i in range(0, num, chunk):
-        up = aligned_bilinear(prob[i:i + chunk, None], stride)
-        up = F.interpolate(up[:, :, :img_shape[0], :img_shape[1]],
-                           size=tuple(out_shape), mode='bilinear',
-                           align_corners=False)
-        chunk_masks = torch.gt(up[:, 0], threshold, out=masks[i:i + chunk])
-        if boxes is not None:
-            crop_masks_to_boxes(chunk_masks, boxes[i:i + chunk], box_padding)
+    masks = prob.new_zeros((num, *out_shape), dtype=torch.bool)
+    if num == 0 or out_shape[0] * out_shape[1] == 0:
+        return masks
+    weight_y = _aligned_axis_weights(h, stride, img_shape[0], out_shape[0],
+                                     prob)
+    weight_x = _aligned_axis_weights(w, stride, img_shape[1], out_shape[1],
+                                     prob)
+    above = prob > threshold
+    span_y = _support_span(weight_y, above.any(dim=2)).tolist()
+    span_x = _support_span(weight_x, above.any(dim=1)).tolist()
+    first_y, last_y = (t.tolist() for t in _nonzero_span(weight_y))
+    first_x, last_x = (t.tolist() for t in _nonzero_span(weight_x))
+    for n, ((y0, y1), (x0, x1)) in enumerate(zip(span_y, span_x)):
+        if y1 <= y0 or x1 <= x0:
+            continue
+        cy0, cy1 = first_y[y0], last_y[y1 - 1] + 1
+        cx0, cx1 = first_x[x0], last_x[x1 - 1] + 1
+        vals = weight_y[y0:y1, cy0:cy1] @ prob[n, cy0:cy1, cx0:cx1] @ \
+            weight_x[x0:x1, cx0:cx1].T
+        torch.gt(vals, threshold, out=masks[n, y0:y1, x0:x1])
+    if boxes is not None:
+        chunk = max(1, max_elements // max(out_shape[0] * out_shape[1], 1))
+        for i in range(0, num, chunk):
+            crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
+                                box_padding)
     return masks
