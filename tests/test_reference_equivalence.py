@@ -260,3 +260,22 @@ def test_converter_cli_writes_a_loadable_checkpoint(model, tmp_path, capsys):
                            '--config', str(CONFIG)]) == 1
     err = capsys.readouterr().err
     assert 'no conversion rule' in err and 'roi_heads.box_predictor' in err
+
+
+def test_converter_maps_an_r101_checkpoint():
+    """EmbedMask_R_101_3x's layout (23 res4 blocks): the R-50 reference
+    state dict with res4.6-22 added converts onto the R-101 config with
+    nothing unmapped or missing, the config chosen by depth."""
+    import embedmask_mmdet  # noqa: F401
+    src = converter.load_adelaidet(str(REF / 'adet_embedmask_r50_seed0.pth'))
+    prefix = 'backbone.bottom_up.res4.5.'
+    for block in range(6, 23):
+        for key in [k for k in src if k.startswith(prefix)]:
+            src[key.replace('res4.5.', f'res4.{block}.')] = src[key].clone()
+    assert converter.resnet_depth(src) == 101
+    config = converter.CONFIGS[101]
+    model_state = converter.build_model_state(config)
+    out = converter.convert(src, model_state, log=lambda *_: None)
+    assert list(out) == list(model_state)
+    torch.testing.assert_close(out['backbone.layer3.22.conv2.weight'],
+                               src['backbone.bottom_up.res4.22.conv2.weight'])
