@@ -15,6 +15,7 @@ import os.path as osp
 import pickle
 import pprint
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -417,6 +418,27 @@ def test_demo_and_det_inferencer(env, trained, tmp_path):
     run_ok([PY, 'tools/demo.py', val_dir, env['config'], trained['ckpt'],
             '--out-dir', out_dir, '--limit', '2'])
     assert sorted(os.listdir(out_dir)) == ['000000.png', '000001.png']
+
+    # a folder with unreadable files: they are skipped by name, the rest is
+    # processed, the run ends with the count and a non-zero exit
+    bad_dir = tmp_path / 'mixed'
+    bad_dir.mkdir()
+    for name in ('000000.jpg', '000001.jpg', '000002.jpg'):
+        shutil.copy(osp.join(val_dir, name), bad_dir / name)
+    (bad_dir / '000003.png').write_bytes(b'')
+    (bad_dir / '000004.jpg').write_text('not an image')
+    with open(osp.join(val_dir, '000003.jpg'), 'rb') as f:
+        (bad_dir / '000005.jpg').write_bytes(f.read()[:200])  # truncated
+    out_dir = str(tmp_path / 'demo_mixed')
+    rc, out = run([PY, 'tools/demo.py', str(bad_dir), env['config'],
+                   trained['ckpt'], '--out-dir', out_dir])
+    assert rc == 1, out[-3000:]
+    for name in ('000003.png', '000004.jpg', '000005.jpg'):
+        assert f'warning: skipped {bad_dir / name}: not a readable image' in \
+            out, out[-3000:]
+    assert '3 images processed, 3 skipped' in out
+    assert sorted(os.listdir(out_dir)) == ['000000.png', '000001.png',
+                                           '000002.png']
 
     import embedmask_mmdet  # noqa: F401
     inferencer = DetInferencer(model=env['config'], weights=trained['ckpt'],

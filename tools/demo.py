@@ -4,7 +4,10 @@
         [--score-thr 0.3] [--device cpu] [--limit N]
 
 Each picture (masks, boxes, class names, scores, drawn by mmdet's
-DetLocalVisualizer) is written to DIR/<image name>.png.
+DetLocalVisualizer) is written to DIR/<image name>.png. An unreadable image
+(empty, truncated, not an image) is skipped with a warning naming it; the
+run goes on, ends with the count of skipped images and exits 1 if any was
+skipped, so that scripts notice.
 """
 import argparse
 import os
@@ -12,6 +15,7 @@ import os.path as osp
 import sys
 
 import mmcv
+import numpy as np
 from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
@@ -45,6 +49,18 @@ def list_images(inputs: str, limit: int = 0):
     return [inputs]
 
 
+def read_image(path: str) -> np.ndarray:
+    """The image as RGB uint8, or ValueError naming the file and why."""
+    try:
+        img = mmcv.imread(path, channel_order='rgb')
+    except Exception as e:  # cv2.error, OSError, mmcv's assertions
+        raise ValueError(f'{path}: not a readable image '
+                         f'({type(e).__name__}: {str(e).strip()[:200]})')
+    if img is None or img.size == 0:
+        raise ValueError(f'{path}: not a readable image (decoded to nothing)')
+    return img
+
+
 def main(argv=None):
     args = parse_args(argv)
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
@@ -55,9 +71,15 @@ def main(argv=None):
     visualizer = VISUALIZERS.build(model.cfg.visualizer)
     visualizer.dataset_meta = model.dataset_meta
     os.makedirs(args.out_dir, exist_ok=True)
+    skipped = []
     for path in images:
+        try:
+            img = read_image(path)
+        except ValueError as e:
+            print(f'warning: skipped {e}', file=sys.stderr)
+            skipped.append(path)
+            continue
         result = inference_detector(model, path)
-        img = mmcv.imread(path, channel_order='rgb')
         out_file = osp.join(args.out_dir,
                             osp.splitext(osp.basename(path))[0] + '.png')
         visualizer.add_datasample(
@@ -65,6 +87,10 @@ def main(argv=None):
             pred_score_thr=args.score_thr, out_file=out_file)
         kept = int((result.pred_instances.scores > args.score_thr).sum())
         print(f'{out_file}: {kept} detections above {args.score_thr}')
+    print(f'{len(images) - len(skipped)} images processed, {len(skipped)} '
+          f'skipped' + (': ' + ', '.join(skipped) if skipped else ''))
+    if skipped:
+        sys.exit(1)
 
 
 if __name__ == '__main__':
