@@ -8,7 +8,6 @@ masks must match. A user's clone has no ../shared: the test skips there and
 says why; under CI it must run.
 """
 import os
-import os.path as osp
 import sys
 from pathlib import Path
 
@@ -138,6 +137,7 @@ def test_preprocessing_matches(model, ref_a, tmp_path):
 def test_feature_maps_match(forward_a, ref_a):
     """FPN, box-head, proposal embedding/margin, mask-branch and pixel
     embedding maps within 1e-3 relative of the reference."""
+    from embedmask_mmdet.models.utils import location_map
     inter = load('adet_embedmask_r50_seed0_intermediates.pt')
     errors = {}
     for level, (ours, name) in enumerate(zip(forward_a['feats'],
@@ -155,7 +155,6 @@ def test_feature_maps_match(forward_a, ref_a):
         errors[f'ctr.{lvl}'] = rel_err(ctrs[lvl], ref_a['centerness'][lvl])
         embed = params[lvl][:, :dim].clone()
         h, w = embed.shape[-2:]
-        from embedmask_mmdet.models.utils import location_map
         embed[:, :2] += location_map(h, w, stride)[None] / 100.
         errors[f'proposal_embed.{lvl}'] = rel_err(embed,
                                                   ref_a['proposal_embed'][lvl])

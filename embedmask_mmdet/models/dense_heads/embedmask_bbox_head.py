@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import Scale
-from mmdet.models.dense_heads import CondInstBboxHead, FCOSHead
 from mmcv.ops import batched_nms
+from mmdet.models.dense_heads import CondInstBboxHead, FCOSHead
 from mmdet.models.utils import multi_apply
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import distance2bbox
