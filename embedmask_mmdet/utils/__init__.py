@@ -1,6 +1,8 @@
+from .image_io import IMG_EXTENSIONS, UnreadableImage, read_image
 from .safe_checkpoint import (allow_mmengine_checkpoint_globals,
                               mmengine_checkpoint_safe_globals)
 
 __all__ = [
-    'allow_mmengine_checkpoint_globals', 'mmengine_checkpoint_safe_globals'
+    'allow_mmengine_checkpoint_globals', 'mmengine_checkpoint_safe_globals',
+    'IMG_EXTENSIONS', 'UnreadableImage', 'read_image'
 ]

@@ -90,7 +90,13 @@ class Conv2dSame(nn.Conv2d):
             pads = []
             for size, k, s in zip(x.shape[-1:-3:-1], self.kernel_size[::-1],
                                   self.stride[::-1]):
-                total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+                if size % s == 0:
+                    # the same total for sizes padded to the stride (every
+                    # input padded to 32), as a constant: an exported graph
+                    # would otherwise nest one size expression per conv
+                    total = max(k - s, 0)
+                else:
+                    total = max((math.ceil(size / s) - 1) * s + k - size, 0)
                 pads += [total // 2, total - total // 2]
             x = F.pad(x, pads)
         return super().forward(x)

@@ -210,15 +210,17 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         cls_score, bbox_pred, cls_feat, reg_feat = \
             super(FCOSHead, self).forward_single(x)
         centerness = self.conv_centerness(
-            reg_feat if self.centerness_on_reg else cls_feat)
-        bbox_pred = scale(bbox_pred).float()
+            reg_feat if self.centerness_on_reg else cls_feat).float()
+        # float32 from here under autocast: scores meet score_thr and NMS,
+        # and exp() of a bf16 log-margin is 0.4% off
+        cls_score, bbox_pred = cls_score.float(), scale(bbox_pred).float()
         if self.norm_on_bbox:
             bbox_pred = bbox_pred.clamp(min=0)
             if not self.training:
                 bbox_pred = bbox_pred * stride
         else:
             bbox_pred = bbox_pred.exp()
-        embed, log_margin = self.controller(reg_feat)
+        embed, log_margin = (t.float() for t in self.controller(reg_feat))
         if margin_scale is not None and self.margin_type == 'per_dim':
             # per-level scale on the spatial margins: objects of different
             # levels have different extents in image coordinates

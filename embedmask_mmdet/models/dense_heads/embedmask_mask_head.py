@@ -210,7 +210,9 @@ class EmbedMaskMaskHead(BaseMaskHead):
     # ------------------------------------------------------------------ forward
     def pixel_embedding(self, x: Tuple[Tensor]) -> Tensor:
         """Pixel embeddings x_i, (B, D, H, W) at ``self.prob_stride``."""
-        embed = self.pixel_branch(x)
+        # float32 under autocast: image coordinates (up to ~1300 / 100) in
+        # bf16 would be ~0.05, i.e. 5 pixels, off
+        embed = self.pixel_branch(x).float()
         stride = self.pixel_stride
         if self.upsample_embedding:
             embed = F.interpolate(embed, scale_factor=2, mode='bilinear',

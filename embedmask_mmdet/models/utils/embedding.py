@@ -99,9 +99,15 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
         # distances do not change when both sides are centred on the mean
         # pixel; it keeps the backward's expanded products well conditioned
         centre = x.detach().mean(dim=1)
-        energy = _MaskEnergy.apply(x - centre[:, None],
-                                   proposal_embed.float() - centre[None],
-                                   margin.float())
+        x, q, s = x - centre[:, None], proposal_embed.float() - centre[None], \
+            margin.float()
+        if torch.compiler.is_exporting():
+            # the same sum as a graph (the number of proposals is not known
+            # when it is traced); inference only
+            energy = sum(s[:, d, None] * (x[d][None] - q[:, d, None]).square()
+                         for d in range(dim))
+        else:
+            energy = _MaskEnergy.apply(x, q, s)
         return torch.exp(-energy).reshape(-1, height, width)
 
 

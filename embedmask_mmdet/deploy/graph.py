@@ -1,0 +1,191 @@
+"""EmbedMask inference as one tensor program: the image tensor in; boxes,
+scores, labels and mask probabilities out, with no Python data structure or
+data-dependent loop in between, so that ``torch.export`` (and from it ONNX)
+can capture all of it.
+
+It runs the detector's own modules and formulas (``extract_feat``, the two
+heads' ``forward``, ``proposal_embedding``, ``mask_probability``,
+``upsample_prob``, ``pixel_embedding_at``'s arithmetic); only the candidate
+selection and NMS, which mmdet writes with boolean indexing, are restated
+here as fixed-size tensor code with the same results.
+
+Shapes: K candidates, N detections, C classes, D embedding dimensions,
+(H, W) the padded input, (h, w) the pixel-embedding grid at ``prob_stride``.
+"""
+from types import SimpleNamespace
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmdet.models.utils.misc import aligned_bilinear
+from torch import Tensor
+
+from ..models.utils import location_map, mask_probability, spatial_embedding
+from .nms import multiclass_nms
+
+# score of a padded or rejected candidate: below every real score, so NMS's
+# score threshold drops it
+REJECTED = -1.
+
+
+class EmbedMaskGraph(nn.Module):
+    """Wraps a built :class:`EmbedMask` detector (eval mode) for export.
+
+    ``forward(image, img_shape)`` with ``image`` (1, 3, H, W) float32 (the
+    data preprocessor's output: normalised, zero-padded) and ``img_shape``
+    (2,) int64, the un-padded (h, w) inside it, returns
+
+    - ``dets`` (N, 5): x1, y1, x2, y2 in input pixels, score;
+    - ``labels`` (N,) int64;
+    - ``masks`` (N, H, W) float32 mask probabilities p at every input pixel
+      (0 in the padding), before the ``mask_thr`` threshold;
+
+    N <= ``max_dets``, by descending score, as ``EmbedMask.predict`` with
+    ``rescale=False`` gives them (there: p > mask_thr at ``img_shape``).
+    """
+
+    def __init__(self, detector: nn.Module, max_dets: int = 100) -> None:
+        super().__init__()
+        self.detector = detector
+        self.bbox_head = detector.bbox_head
+        self.mask_head = detector.mask_head
+        self.cfg = self.bbox_head.test_cfg
+        self.max_dets = int(max_dets)
+        self.eval()
+
+    def forward(self, image: Tensor, img_shape: Tensor
+                ) -> Tuple[Tensor, Tensor, Tensor]:
+        feats = self.detector.extract_feat(image)
+        cls_scores, bbox_preds, centernesses, param_preds = \
+            self.bbox_head(feats)
+        pixel_embed, _ = self.mask_head(feats)
+        boxes, scores, labels, params, points = self.candidates(
+            cls_scores, bbox_preds, centernesses, param_preds, img_shape)
+        keep = self.nms(boxes, scores, labels)
+        scores = scores[keep]
+        if self.cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
+            scores = scores.sqrt()
+        dets = torch.cat([boxes[keep], scores[:, None]], dim=1)
+        # attributes as the mask head reads them from InstanceData, whose
+        # len() would force the (unknown) number of detections to an int
+        instances = SimpleNamespace(
+            embeddings=params[keep, :self.bbox_head.embed_dim],
+            margins=params[keep, self.bbox_head.embed_dim:],
+            points=points[keep])
+        masks = self.mask_probs(pixel_embed[0], instances, image.shape[-2:])
+        return dets, labels[keep], self.clear_padding(masks, img_shape)
+
+    def candidates(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
+                   centernesses: List[Tensor], param_preds: List[Tensor],
+                   img_shape: Tensor) -> Tuple[Tensor, ...]:
+        """Per level the top-``nms_pre`` (location, class) pairs above
+        ``score_thr``, ranked as the box head ranks them: by σ(cls) σ(ctr)
+        with ``thresh_with_ctr`` (AdelaiDet), else by σ(cls) (mmdet), with
+        σ(cls) σ(ctr) as the NMS score either way. Rejected pairs keep a slot
+        with score ``REJECTED``. Returns boxes (K, 4), scores (K,), labels
+        (K,), params (K, 2D) and FCOS points (K, 2)."""
+        cfg = self.cfg
+        nms_pre = cfg.get('nms_pre', -1)
+        score_thr = cfg.get('score_thr', 0.)
+        with_ctr = cfg.get('thresh_with_ctr', False)
+        num_classes = self.bbox_head.cls_out_channels
+        sizes = [c.shape[-2:] for c in cls_scores]
+        points = self.bbox_head.prior_generator.grid_priors(
+            sizes, dtype=bbox_preds[0].dtype, device=bbox_preds[0].device)
+        out = [[] for _ in range(5)]
+        for cls, bbox, ctr, param, point in zip(
+                cls_scores, bbox_preds, centernesses, param_preds, points):
+            cls = cls[0].permute(1, 2, 0).reshape(-1, num_classes).sigmoid()
+            ctr = ctr[0].permute(1, 2, 0).reshape(-1, 1).sigmoid()
+            score = cls * ctr
+            rank = (score if with_ctr else cls).reshape(-1)
+            rank = torch.where(rank > score_thr, rank, REJECTED)
+            score = torch.where(rank > REJECTED, score.reshape(-1), REJECTED)
+            if nms_pre >= 0:
+                # a level with fewer pairs than nms_pre is padded with
+                # rejected ones: k stays a constant for any input size
+                pad = rank.new_full((nms_pre,), REJECTED)
+                _, top = torch.cat([rank, pad]).topk(nms_pre)
+                score = torch.cat([score, pad])[top]
+                top = top.clamp(max=rank.numel() - 1)
+            else:
+                top = torch.arange(rank.numel(), device=rank.device)
+            loc = torch.div(top, num_classes, rounding_mode='floor')
+            out[0].append(bbox[0].permute(1, 2, 0).reshape(-1, 4)[loc])
+            out[1].append(score)
+            out[2].append(top % num_classes)
+            out[3].append(param[0].permute(1, 2, 0).reshape(
+                -1, param.size(1))[loc])
+            out[4].append(point[loc])
+        distances, scores, labels, params, points = (torch.cat(t) for t in out)
+        boxes = torch.cat([points - distances[:, :2],
+                           points + distances[:, 2:]], dim=1)
+        if not with_ctr:
+            # mmdet's DistancePointBBoxCoder clips to the un-padded image
+            limit = img_shape.flip(0).to(boxes.dtype).repeat(2)
+            boxes = torch.minimum(boxes.clamp(min=0), limit)
+        if cfg.get('min_bbox_size', -1) >= 0:
+            wh = boxes[:, 2:] - boxes[:, :2]
+            big = (wh > cfg.min_bbox_size).all(dim=1)
+            scores = torch.where(big, scores, REJECTED)
+        return boxes, scores, labels, params, points
+
+    def nms(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> Tensor:
+        """Indices of the candidates class-wise NMS keeps, the top
+        ``max_per_img`` (at most ``max_dets``) by descending score."""
+        cfg = self.cfg
+        classes = torch.arange(self.bbox_head.cls_out_channels,
+                               device=labels.device)
+        class_scores = torch.where(labels[None] == classes[:, None],
+                                   scores[None], REJECTED)
+        max_dets = min(self.max_dets, cfg.get('max_per_img', 100))
+        kept = multiclass_nms(boxes[None], class_scores[None], max_dets,
+                              float(cfg.nms.iou_threshold), REJECTED / 2)
+        idx = kept[:, 2]
+        order = scores[idx].argsort(descending=True)
+        return idx[order[:max_dets]]
+
+    def mask_probs(self, pixel_embed: Tensor, instances: SimpleNamespace,
+                   size) -> Tensor:
+        """p of the detections at every pixel of the (H, W) input, placed as
+        the mask head places it at ``img_shape``."""
+        head = self.mask_head
+        if head.alignment == 'adelaidet':
+            prob = head.mask_prob_at_out_stride(pixel_embed, instances)
+            return aligned_bilinear(prob[None], head.mask_out_stride)[0]
+        proposal_embed = head.proposal_embedding(instances)
+        stride = head.prob_stride
+        if (head.test_cfg or {}).get('mask_resample', 'prob') == 'prob':
+            return _upsample(mask_probability(
+                pixel_embed, proposal_embed, instances.margins), stride)
+        # the 'embedding' path of EmbedMaskMaskHead.pixel_embedding_at: the
+        # conv part resampled, each pixel's own coordinates added
+        cells = location_map(*pixel_embed.shape[-2:], stride,
+                             pixel_embed.device, pixel_embed.dtype)
+        conv = torch.cat([spatial_embedding(
+            pixel_embed[:2], -cells, head.coord_scale, head.coord_norm),
+            pixel_embed[2:]])
+        conv = _upsample(conv, stride)
+        coords = location_map(*size, 1, conv.device, conv.dtype)
+        embed = torch.cat([spatial_embedding(
+            conv[:2], coords, head.coord_scale, head.coord_norm), conv[2:]])
+        return mask_probability(embed, proposal_embed, instances.margins)
+
+    @staticmethod
+    def clear_padding(masks: Tensor, img_shape: Tensor) -> Tensor:
+        rows = torch.arange(masks.size(1), device=masks.device)
+        cols = torch.arange(masks.size(2), device=masks.device)
+        inside = (rows[:, None] < img_shape[0]) & (cols[None] < img_shape[1])
+        return masks * inside.to(masks.dtype)
+
+
+def _upsample(maps: Tensor, stride: int) -> Tensor:
+    """``resample_to_output`` of (C, h, w) stride-``stride`` maps at the
+    full padded input: each pixel centre read bilinearly from the cell
+    centres, one replicated cell beyond the last (the same taps as
+    ``resample_to_output`` inside the image)."""
+    padded = F.pad(maps[None], (0, 1, 0, 1), mode='replicate')
+    out = F.interpolate(padded, scale_factor=float(stride), mode='bilinear',
+                        align_corners=False, recompute_scale_factor=False)
+    return out[0, :, :maps.size(1) * stride, :maps.size(2) * stride]

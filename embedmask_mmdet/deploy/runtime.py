@@ -1,0 +1,229 @@
+"""Run an exported EmbedMask (.onnx) with ONNX Runtime or OpenVINO and get
+mmdet ``DetDataSample``s, the same fields as ``DetInferencer``'s
+(``pred_instances``: ``bboxes``, ``scores``, ``labels``, ``masks``).
+
+Preprocessing is the config's own test pipeline and data preprocessor (the
+config travels inside the .onnx); the graph runs one image at a time; the
+NumPy step (:mod:`.postprocess`) maps its outputs to the original image.
+"""
+import logging
+import os.path as osp
+import warnings
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.structures import InstanceData
+
+from ..utils.image_io import UnreadableImage, read_image
+from .export import META_CLASSES, META_CONFIG, OUTPUT_NAMES
+from .postprocess import postprocess
+
+BACKENDS = ('onnxruntime', 'openvino')
+PRECISIONS = ('fp32', 'bf16')
+ImageInput = Union[str, np.ndarray]
+
+
+def read_metadata(model_file: str) -> dict:
+    """The .onnx's ``metadata_props`` (weights are not loaded)."""
+    import onnx
+    proto = onnx.load(model_file, load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def openvino_has_bf16() -> bool:
+    import openvino as ov
+    caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    return 'BF16' in caps
+
+
+class _OnnxRuntimeSession:
+
+    def __init__(self, model_file: str, precision: str,
+                 num_threads: Optional[int], providers=None) -> None:
+        import onnxruntime as ort
+        if precision != 'fp32':
+            raise ValueError(
+                "precision='bf16': ONNX Runtime's CPU provider runs the graph "
+                "in float32; use backend='openvino' for bf16")
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+        self.session = ort.InferenceSession(
+            model_file, options,
+            providers=providers or ['CPUExecutionProvider'])
+        self.input_shape = self.session.get_inputs()[0].shape
+
+    def __call__(self, image: np.ndarray, img_shape: np.ndarray):
+        return self.session.run(OUTPUT_NAMES, {'image': image,
+                                               'img_shape': img_shape})
+
+
+class _OpenVINOSession:
+
+    def __init__(self, model_file: str, precision: str,
+                 num_threads: Optional[int], device: str = 'CPU') -> None:
+        import openvino as ov
+        if precision == 'bf16' and not openvino_has_bf16():
+            raise ValueError("precision='bf16': this CPU has no bf16 units "
+                             '(OpenVINO reports no BF16 capability); use fp32')
+        core = ov.Core()
+        # explicit: OpenVINO picks bf16 by itself on CPUs that have it
+        config = {'INFERENCE_PRECISION_HINT': 'f32' if precision == 'fp32'
+                  else 'bf16', 'PERFORMANCE_HINT': 'LATENCY'}
+        if num_threads:
+            config['INFERENCE_NUM_THREADS'] = int(num_threads)
+        model = core.read_model(model_file)
+        self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()
+        shape = model.input('image').get_partial_shape()
+        self.input_shape = [d.get_length() if d.is_static else '?'
+                            for d in shape]
+
+    def __call__(self, image: np.ndarray, img_shape: np.ndarray):
+        res = self.request.infer({'image': image, 'img_shape': img_shape})
+        return [res[self.compiled.output(name)] for name in OUTPUT_NAMES]
+
+
+class EmbedMaskONNXModel:
+    """An exported EmbedMask graph run by ONNX Runtime or OpenVINO.
+
+    Args:
+        model_file (str): The .onnx written by ``export_onnx``.
+        backend (str): 'onnxruntime' or 'openvino'.
+        config (str | Config, optional): The model's config; None: the one
+            stored in the .onnx at export.
+        precision (str): 'fp32', or 'bf16' (OpenVINO on a CPU with bf16
+            units).
+        num_threads (int, optional): Inference threads; None: the
+            backend's default (all cores).
+
+    Call it on an image path, an (H, W, 3) BGR uint8 array, or a list of
+    them; it returns one ``DetDataSample`` per readable input. An
+    unreadable file is skipped with a warning naming it; ``self.skipped``
+    lists them (path, reason) after each call, and the call ends with a
+    log line counting processed and skipped inputs.
+    """
+
+    def __init__(self, model_file: str, backend: str = 'onnxruntime',
+                 config=None, precision: str = 'fp32',
+                 num_threads: Optional[int] = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f'backend={backend!r}: use one of {BACKENDS}')
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision={precision!r}: use one of '
+                             f'{PRECISIONS}')
+        if not osp.isfile(model_file):
+            raise FileNotFoundError(
+                f'{model_file}: no such file; export one with '
+                'tools/deployment/export_onnx.py')
+        register_all_modules()
+        meta = read_metadata(model_file)
+        if config is None:
+            if META_CONFIG not in meta:
+                raise ValueError(
+                    f'{model_file} carries no EmbedMask config (it was not '
+                    'written by export_onnx); pass config=')
+            config = Config.fromstring(meta[META_CONFIG], '.py')
+        elif not isinstance(config, Config):
+            config = Config.fromfile(config)
+        self.cfg = config
+        self.backend = backend
+        self.precision = precision
+        classes = meta.get(META_CLASSES)
+        self.dataset_meta = dict(classes=tuple(classes.split('\n'))) \
+            if classes else dict(config.get('metainfo', {}))
+        test_cfg = config.model.get('test_cfg') or {}
+        self.mask_cfg = dict(
+            mask_thr=test_cfg.get('mask_thr', 0.5),
+            crop_to_box=test_cfg.get('crop_to_box', False),
+            crop_padding=test_cfg.get('crop_padding', 2),
+            mask_out_stride=config.model.mask_head.get('mask_out_stride', 4))
+        self.data_preprocessor = MODELS.build(config.model.data_preprocessor)
+        self.pipeline = self._inference_pipeline(config)
+        session = _OnnxRuntimeSession if backend == 'onnxruntime' \
+            else _OpenVINOSession
+        self.session = session(model_file, precision, num_threads)
+        shape = self.session.input_shape[2:]
+        self.fixed_shape = tuple(shape) if all(
+            isinstance(s, int) for s in shape) else None
+        self.skipped: List[tuple] = []
+
+    @staticmethod
+    def _inference_pipeline(cfg: Config) -> Compose:
+        steps = []
+        for step in cfg.test_dataloader.dataset.pipeline:
+            step = dict(step)
+            if step['type'] in ('LoadAnnotations', 'mmdet.LoadAnnotations'):
+                continue  # no ground truth at inference
+            if 'LoadImageFrom' in step['type']:
+                step = dict(type='mmdet.LoadImageFromNDArray')
+            if step['type'] in ('PackDetInputs', 'mmdet.PackDetInputs'):
+                step['meta_keys'] = tuple(k for k in step.get('meta_keys', (
+                    'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+                    if k != 'img_id')
+            steps.append(step)
+        return Compose(steps)
+
+    # ------------------------------------------------------------- inference
+    def run_graph(self, image: np.ndarray, img_shape) -> list:
+        """Raw graph outputs (dets, labels, masks) for one preprocessed
+        (1, 3, H, W) float32 image whose un-padded size is ``img_shape``."""
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if self.fixed_shape is not None:
+            height, width = self.fixed_shape
+            if image.shape[2] > height or image.shape[3] > width:
+                raise ValueError(
+                    f'input {image.shape[2]}x{image.shape[3]} exceeds the '
+                    f'graph\'s fixed {height}x{width}; export with a larger '
+                    '--shape, or without --shape (any size)')
+            image = np.pad(image, ((0, 0), (0, 0), (0, height - image.shape[2]),
+                                   (0, width - image.shape[3])))
+        return self.session(image, np.asarray(img_shape[:2], np.int64))
+
+    def predict_batch(self, data: dict) -> List[DetDataSample]:
+        """A batch as the test dataloader gives it -> its data samples with
+        ``pred_instances`` at the original image size."""
+        with torch.no_grad():
+            data = self.data_preprocessor(data, False)
+        inputs, samples = data['inputs'], data['data_samples']
+        for i, sample in enumerate(samples):
+            outputs = self.run_graph(inputs[i:i + 1].numpy(),
+                                     sample.img_shape)
+            result = postprocess(*outputs, sample.img_shape, sample.ori_shape,
+                                 **self.mask_cfg)
+            sample.pred_instances = InstanceData(
+                **{k: torch.from_numpy(v) for k, v in result.items()})
+        return samples
+
+    def __call__(self, inputs: Union[ImageInput, Sequence[ImageInput]]
+                 ) -> List[DetDataSample]:
+        if isinstance(inputs, (str, np.ndarray)):
+            inputs = [inputs]
+        self.skipped = []
+        results = []
+        for item in inputs:
+            path = item if isinstance(item, str) else None
+            try:
+                img = read_image(item) if path is not None else item
+            except UnreadableImage as e:
+                warnings.warn(f'skipped {e}')
+                self.skipped.append((path, str(e)))
+                continue
+            data = self.pipeline(dict(img=img, img_path=path))
+            data = dict(inputs=[data['inputs']],
+                        data_samples=[data['data_samples']])
+            sample = self.predict_batch(data)[0]
+            sample.set_metainfo(dict(img_path=path))
+            results.append(sample)
+        print_log(f'{len(results)} images processed, {len(self.skipped)} '
+                  'skipped' + (': ' + ', '.join(p for p, _ in self.skipped)
+                               if self.skipped else ''), logger='current',
+                  level=logging.WARNING if self.skipped else logging.INFO)
+        return results
