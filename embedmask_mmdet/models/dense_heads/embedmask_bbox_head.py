@@ -14,7 +14,8 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..utils import (check_choice, check_embed_dim, prior_margin_bias,
+from ..utils import (autocast_off, check_choice, check_embed_dim,
+                     prior_margin_bias,
                      proposal_margin)
 
 PROPOSAL_HEADS = ('conv1_conv3', 'conv3')
@@ -93,7 +94,12 @@ class ProposalEmbeddingHead(nn.Module):
         return out
 
     def forward(self, tower_feat: Tensor) -> Tuple[Tensor, Tensor]:
-        """Returns embedding conv output and log-margin, each (B, D, H, W)."""
+        """Returns embedding conv output and log-margin, each (B, D, H, W),
+        float32 even under autocast (see models/utils/precision)."""
+        with autocast_off(tower_feat):
+            return self._forward(tower_feat.float())
+
+    def _forward(self, tower_feat: Tensor) -> Tuple[Tensor, Tensor]:
         embed = self.embed_conv(self.embed_reduce(tower_feat))
         b, _, h, w = tower_feat.shape
         if self.margin_type == 'fixed':

@@ -8,6 +8,8 @@ conv). Levels are indices into the neck outputs.
 import torch.nn as nn
 from mmdet.models.dense_heads.condinst_head import MaskFeatModule
 
+from ..utils import Float32Conv2d
+
 PIXEL_BRANCHES = {
     # AdelaiDet (the published model): P3-P5 fused with aligned_bilinear,
     # 4 BN convs, a 3x3 conv to 128, a 3x3 conv to D; p at stride 8
@@ -54,7 +56,7 @@ class EmbedMaskPixelBranch(MaskFeatModule):
         if self.out_conv:
             self.conv_branch.append(nn.Conv2d(
                 self.feat_channels, self.feat_channels, 3, padding=1))
-        if self.pred_kernel_size != 1:
-            self.conv_pred = nn.Conv2d(
-                self.feat_channels, self.out_channels, self.pred_kernel_size,
-                padding=self.pred_kernel_size // 2)
+        # the embeddings: float32 under autocast (see models/utils/precision)
+        self.conv_pred = Float32Conv2d(
+            self.feat_channels, self.out_channels, self.pred_kernel_size,
+            padding=self.pred_kernel_size // 2)

@@ -8,3 +8,6 @@ __all__ = [
 from .checks import check_choice, check_embed_dim  # noqa: E402
 
 __all__ += ['check_choice', 'check_embed_dim']
+from .precision import Float32Conv2d, autocast_off  # noqa: E402
+
+__all__ += ['Float32Conv2d', 'autocast_off']
