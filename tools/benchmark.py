@@ -107,6 +107,16 @@ def parse_args(argv=None):
     p.add_argument('--data-root', default='data/synthetic',
                    help='built-in dataset (default data/synthetic, made by '
                    '`make data`); --tiny generates a tiny one under --work-dir')
+    p.add_argument('--only-deploy', action='store_true',
+                   help='measure only the deployment section (PyTorch fp32 / '
+                   'channels_last / bf16, ONNX Runtime, OpenVINO) and merge '
+                   'it into the existing --out page and .json')
+    p.add_argument('--skip-deploy', action='store_true',
+                   help='leave the deployment section out (--tiny does)')
+    p.add_argument('--deploy-checkpoint', default=None,
+                   help='EmbedMask-Lite weights for the deployment accuracy '
+                   'rows (default: work_dirs/demo/last_checkpoint, i.e. '
+                   '`make demo`\'s; none: no accuracy rows)')
     p.add_argument('--seed', type=int, default=None,
                    help='seed torch before the speed rows\' models are built '
                    '(their weights are random); default: not seeded')
@@ -398,8 +408,44 @@ def accuracy_bench(args, save, results):
     return acc
 
 
+def deploy_section(args) -> dict:
+    """The deployment section, measured now (tools/analysis_tools)."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    from analysis_tools import deploy_bench
+    ckpt = args.deploy_checkpoint
+    pointer = osp.join(ROOT, 'work_dirs/demo/last_checkpoint')
+    if ckpt is None and osp.isfile(pointer):
+        with open(pointer) as f:
+            ckpt = f.read().strip()
+    if ckpt is not None and not osp.isfile(ckpt):
+        log(f'deployment: checkpoint {ckpt} not found: no accuracy rows')
+        ckpt = None
+    command = 'python ' + ' '.join(shlex.quote(a) for a in [
+        osp.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    machine = machine_info(['cpu'])
+    start = time.perf_counter()
+    section = deploy_bench.run(args.data_root, ckpt,
+                               work_dir=osp.join(args.work_dir, 'deploy'))
+    machine['load average at end'] = ' '.join(
+        f'{v:.2f}' for v in os.getloadavg())
+    machine['section wall time'] = \
+        f'{(time.perf_counter() - start) / 60:.1f} min'
+    return dict(command=command, machine=machine, **section)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.only_deploy:
+        json_path = osp.splitext(args.out)[0] + '.json'
+        results = load_results(json_path) if osp.isfile(json_path) else \
+            dict(meta=dict(command='(not run)', machine={}, models_desc=''),
+                 speed={}, accuracy=None)
+        results['deployment'] = deploy_section(args)
+        with open(json_path, 'w') as f:
+            json.dump(results, f, indent=1, default=str)
+        files = write_report(results, args.out)
+        log(f'wrote the deployment section into {", ".join(files)}')
+        return
     if args.report_from:
         files = write_report(load_results(args.report_from), args.out)
         log(f'wrote {", ".join(files)} from {args.report_from}')
@@ -425,6 +471,9 @@ def main(argv=None):
         results['speed'][device] = speed_bench(args, device, save)
     if not args.skip_train:
         accuracy_bench(args, save, results)
+    if not (args.skip_deploy or args.tiny):
+        results['deployment'] = deploy_section(args)
+        save()
     results['meta']['machine']['load average at end'] = ' '.join(
         f'{v:.2f}' for v in os.getloadavg())
     results['meta']['machine']['benchmark wall time'] = \

@@ -4,6 +4,7 @@ import os
 import os.path as osp
 from typing import List, Optional
 
+from .deploy_report import deployment_section
 from .fmt import num as _f
 from .fmt import ratio as _ratio
 from .fmt import table as _table
@@ -360,6 +361,8 @@ def write_report(results: dict, out_path: str) -> List[str]:
     else:
         lines += ['## Accuracy at equal budget', '',
                   'Skipped in this run (`--skip-train`).', '']
+    if results.get('deployment'):
+        lines += deployment_section(results['deployment'])
     with open(out_path, 'w') as f:
         f.write('\n'.join(lines))
     return [osp.basename(out_path)] + written

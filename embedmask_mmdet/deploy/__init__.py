@@ -7,7 +7,7 @@ imported only when used.
 """
 from .export import ExportError, export_onnx
 from .graph import EmbedMaskGraph
-from .runtime import EmbedMaskONNXModel
+from .runtime import EmbedMaskONNXModel, evaluate
 
 __all__ = ['EmbedMaskGraph', 'EmbedMaskONNXModel', 'ExportError',
-           'export_onnx']
+           'evaluate', 'export_onnx']

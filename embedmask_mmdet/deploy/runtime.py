@@ -9,7 +9,7 @@ NumPy step (:mod:`.postprocess`) maps its outputs to the original image.
 import logging
 import os.path as osp
 import warnings
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -227,3 +227,17 @@ class EmbedMaskONNXModel:
                                if self.skipped else ''), logger='current',
                   level=logging.WARNING if self.skipped else logging.INFO)
         return results
+
+
+def evaluate(cfg: Config, predict_batch: Callable[[dict], list]) -> dict:
+    """The config's test dataloader and evaluator (CocoMetric) over
+    ``predict_batch`` (``EmbedMaskONNXModel.predict_batch``, or a PyTorch
+    model's ``test_step``): the metrics dict."""
+    from mmengine.evaluator import Evaluator
+    from mmengine.runner import Runner
+    dataloader = Runner.build_dataloader(cfg.test_dataloader)
+    evaluator = Evaluator(cfg.test_evaluator)
+    evaluator.dataset_meta = dataloader.dataset.metainfo
+    for data in dataloader:
+        evaluator.process(data_samples=predict_batch(data), data_batch=data)
+    return evaluator.evaluate(len(dataloader.dataset))

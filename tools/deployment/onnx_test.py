@@ -15,11 +15,9 @@ import sys
 import time
 
 from mmengine.config import Config, DictAction
-from mmengine.evaluator import Evaluator
 from mmengine.registry import init_default_scope
-from mmengine.runner import Runner
 
-from embedmask_mmdet.deploy import EmbedMaskONNXModel
+from embedmask_mmdet.deploy import EmbedMaskONNXModel, evaluate
 
 
 def parse_args(argv=None):
@@ -34,16 +32,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def evaluate(cfg: Config, model: EmbedMaskONNXModel) -> dict:
-    dataloader = Runner.build_dataloader(cfg.test_dataloader)
-    evaluator = Evaluator(cfg.test_evaluator)
-    evaluator.dataset_meta = dataloader.dataset.metainfo
-    for data in dataloader:
-        evaluator.process(data_samples=model.predict_batch(data),
-                          data_batch=data)
-    return evaluator.evaluate(len(dataloader.dataset))
-
-
 def main(argv=None):
     args = parse_args(argv)
     for path, what in ((args.config, 'config'), (args.model, 'model')):
@@ -56,7 +44,7 @@ def main(argv=None):
     model = EmbedMaskONNXModel(args.model, args.backend, config=cfg,
                                precision=args.precision)
     start = time.perf_counter()
-    metrics = evaluate(cfg, model)
+    metrics = evaluate(cfg, model.predict_batch)
     print(f'{args.backend} ({args.precision}) on {args.model}: '
           f'{time.perf_counter() - start:.1f} s')
     for key, value in metrics.items():

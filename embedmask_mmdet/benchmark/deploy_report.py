@@ -1,0 +1,94 @@
+"""The deployment section of docs/benchmarks.md (tools/analysis_tools/
+deploy_bench.py's results)."""
+from typing import List
+
+from .fmt import num as _f
+from .fmt import table as _table
+
+TARGET = 0.5  # best path <= 0.5x PyTorch fp32 at both sizes
+
+
+def deployment_section(dep: dict) -> List[str]:
+    lines = ['## Deployment (CPU)', '',
+             'Measured by its own run (its command and machine below). End '
+             'to end: a decoded image in, masks at the original size out '
+             '(test pipeline, preprocessing, network, NMS, masks); median '
+             'of the timed repetitions after warm-up; speed rows keep '
+             '`score_thr=0`, so every path makes 100 masks. Ratios are to '
+             'PyTorch fp32 (NCHW) in the same run. ONNX Runtime '
+             f'{dep["versions"]["onnxruntime"]}, OpenVINO '
+             f'{dep["versions"]["openvino"]}.', '',
+             '```', dep['command'], '```', '']
+    lines += _table(['', ''], [[k, v] for k, v in dep['machine'].items()])
+    latency = dep['latency']
+    names = list(latency)
+    paths = []
+    for name in names:
+        paths += [p for p in latency[name]['seconds'] if p not in paths]
+    header = ['path'] + [f'{n} {latency[n]["size"][0]}x'
+                         f'{latency[n]["size"][1]}: s (ratio)' for n in names]
+    rows = []
+    for path in paths:
+        row = [path]
+        for n in names:
+            sec = latency[n]['seconds'].get(path)
+            row.append('-' if sec is None else
+                       f'{_f(sec, 3)} ({_f(latency[n]["ratio"][path], 2)})')
+        rows.append(row)
+    lines += _table(header, rows)
+    if not dep['openvino_bf16']:
+        lines += ['OpenVINO reports no BF16 capability on this CPU: no '
+                  'OpenVINO bf16 row.', '']
+    peak = dep['peak']
+    verdicts = []
+    for n in names:
+        best = latency[n]['best']
+        ratio = latency[n]['ratio'][best]
+        use_bf16 = 'bf16' in best and peak['bf16']
+        limit = peak['bf16'] if use_bf16 else peak['fp32']
+        verdicts.append([
+            n, best, _f(ratio, 2), '**met**' if ratio <= TARGET
+            else '**not met**', _f(latency[n]['gflop'], 1),
+            _f(latency[n]['best_gflops'], 1),
+            f'{_f(limit, 0)} ({"bf16" if use_bf16 else "fp32"})',
+            f'{100 * latency[n]["best_gflops"] / limit:.0f}%'])
+    lines += ['Target: the best path <= 0.5x PyTorch fp32 at both sizes.', '']
+    lines += _table(['model', 'best path', 'ratio', 'verdict',
+                     'GFLOP / image (convs)', 'achieved GFLOP/s',
+                     'peak estimate GFLOP/s', 'of peak'], verdicts)
+    lines += [f'Peak estimate = cores x clock x FLOPs/cycle = '
+              f'{peak["cores"]} x {peak["clock_ghz"]} GHz x '
+              f'{peak["fp32_per_cycle"]} (fp32'
+              + (f'; bf16 {peak["bf16_per_cycle"]}' if peak['bf16_per_cycle']
+                 else '') + '), from /proc/cpuinfo (clock: the highest '
+              '`cpu MHz`; FLOPs/cycle from the vector flags: 2 FMA units x '
+              'lanes x 2, 32 for AMD\'s 256-bit-wide AVX-512, bf16 dot '
+              'products 2x, AMX ~1024). The GFLOP count is the convs\' and '
+              'linears\' multiply-adds x 2; achieved = count / best '
+              'latency, so the pipeline and mask steps count against it.',
+              '']
+    acc = dep.get('accuracy')
+    if not acc:
+        lines += ['No accuracy rows: no demo checkpoint (`make demo`).', '']
+        return lines
+    ref = acc['ap']['PyTorch fp32']
+    rows = [[k, _f(v['segm_mAP'], 3), _f(v['bbox_mAP'], 3),
+             f'{v["segm_mAP"] - ref["segm_mAP"]:+.4f}']
+            for k, v in acc['ap'].items()]
+    lines += [f'### Accuracy of the exported model', '',
+              f'`{acc["checkpoint"]}` (EmbedMask-Lite, `make demo`) on the '
+              'built-in val split, with the config\'s own test_cfg; the '
+              'exported rows run the graph exported in this run through '
+              '`EmbedMaskONNXModel` (what `tools/deployment/onnx_test.py` '
+              'runs). Target: within 0.005 segm mAP of PyTorch.', '']
+    lines += _table(['path', 'segm mAP', 'bbox mAP', 'segm vs PyTorch fp32'],
+                    rows)
+    rows = [[k, v['matched'], v['unmatched'], _f(v['min_iou'], 4),
+             _f(v['mean_iou'], 4), _f(100 * v['share_at_least_098'], 1)]
+            for k, v in acc['agreement'].items()]
+    lines += ['bf16 against fp32, detection by detection (fp32 detections '
+              'above 0.3 matched to a bf16 one of the same class with box '
+              'IoU >= 0.9):', '']
+    lines += _table(['path', 'matched', 'unmatched', 'min mask IoU',
+                     'mean mask IoU', '% with IoU >= 0.98'], rows)
+    return lines
