@@ -38,8 +38,10 @@ class EmbedMaskGraph(nn.Module):
 
     - ``dets`` (N, 5): x1, y1, x2, y2 in input pixels, score;
     - ``labels`` (N,) int64;
-    - ``masks`` (N, H, W) float32 mask probabilities p at every input pixel
-      (0 in the padding), before the ``mask_thr`` threshold;
+    - ``masks`` (N, H, W) float32 mask probabilities p at every input pixel,
+      before the ``mask_thr`` threshold; only the ``img_shape`` part is an
+      image's (the runtime crops to it: clearing the padding would cost a
+      pass over N x H x W);
 
     N <= ``max_dets``, by descending score, as ``EmbedMask.predict`` with
     ``rescale=False`` gives them (there: p > mask_thr at ``img_shape``).
@@ -74,7 +76,7 @@ class EmbedMaskGraph(nn.Module):
             margins=params[keep, self.bbox_head.embed_dim:],
             points=points[keep])
         masks = self.mask_probs(pixel_embed[0], instances, image.shape[-2:])
-        return dets, labels[keep], self.clear_padding(masks, img_shape)
+        return dets, labels[keep], masks
 
     def candidates(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
                    centernesses: List[Tensor], param_preds: List[Tensor],
@@ -153,7 +155,8 @@ class EmbedMaskGraph(nn.Module):
         head = self.mask_head
         if head.alignment == 'adelaidet':
             prob = head.mask_prob_at_out_stride(pixel_embed, instances)
-            return aligned_bilinear(prob[None], head.mask_out_stride)[0]
+            return aligned_bilinear(prob[None],
+                                    head.mask_out_stride).squeeze(0)
         proposal_embed = head.proposal_embedding(instances)
         stride = head.prob_stride
         if (head.test_cfg or {}).get('mask_resample', 'prob') == 'prob':
@@ -172,20 +175,14 @@ class EmbedMaskGraph(nn.Module):
             conv[:2], coords, head.coord_scale, head.coord_norm), conv[2:]])
         return mask_probability(embed, proposal_embed, instances.margins)
 
-    @staticmethod
-    def clear_padding(masks: Tensor, img_shape: Tensor) -> Tensor:
-        rows = torch.arange(masks.size(1), device=masks.device)
-        cols = torch.arange(masks.size(2), device=masks.device)
-        inside = (rows[:, None] < img_shape[0]) & (cols[None] < img_shape[1])
-        return masks * inside.to(masks.dtype)
-
 
 def _upsample(maps: Tensor, stride: int) -> Tensor:
     """``resample_to_output`` of (C, h, w) stride-``stride`` maps at the
-    full padded input: each pixel centre read bilinearly from the cell
-    centres, one replicated cell beyond the last (the same taps as
-    ``resample_to_output`` inside the image)."""
-    padded = F.pad(maps[None], (0, 1, 0, 1), mode='replicate')
-    out = F.interpolate(padded, scale_factor=float(stride), mode='bilinear',
-                        align_corners=False, recompute_scale_factor=False)
-    return out[0, :, :maps.size(1) * stride, :maps.size(2) * stride]
+    full padded input (h x stride, w x stride): each pixel centre read
+    bilinearly from the cell centres. Bilinear interpolation clamps its
+    upper neighbour to the last cell, which is what the replicated cell of
+    ``resample_to_output`` gives, so no pad and no crop (each a copy of
+    the N x H x W output) is needed."""
+    return F.interpolate(maps[None], scale_factor=float(stride),
+                         mode='bilinear', align_corners=False,
+                         recompute_scale_factor=False).squeeze(0)

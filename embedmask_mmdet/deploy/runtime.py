@@ -59,10 +59,15 @@ class _OnnxRuntimeSession:
             model_file, options,
             providers=providers or ['CPUExecutionProvider'])
         self.input_shape = self.session.get_inputs()[0].shape
+        # a design whose graph never reads img_shape has no such input
+        self.feeds_img_shape = 'img_shape' in {
+            i.name for i in self.session.get_inputs()}
 
     def __call__(self, image: np.ndarray, img_shape: np.ndarray):
-        return self.session.run(OUTPUT_NAMES, {'image': image,
-                                               'img_shape': img_shape})
+        feed = {'image': image}
+        if self.feeds_img_shape:
+            feed['img_shape'] = img_shape
+        return self.session.run(OUTPUT_NAMES, feed)
 
 
 class _OpenVINOSession:
@@ -85,9 +90,14 @@ class _OpenVINOSession:
         shape = model.input('image').get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else '?'
                             for d in shape]
+        self.feeds_img_shape = 'img_shape' in {
+            name for port in model.inputs for name in port.get_names()}
 
     def __call__(self, image: np.ndarray, img_shape: np.ndarray):
-        res = self.request.infer({'image': image, 'img_shape': img_shape})
+        feed = {'image': image}
+        if self.feeds_img_shape:
+            feed['img_shape'] = img_shape
+        res = self.request.infer(feed)
         return [res[self.compiled.output(name)] for name in OUTPUT_NAMES]
 
 
@@ -103,6 +113,9 @@ class EmbedMaskONNXModel:
             units).
         num_threads (int, optional): Inference threads; None: the
             backend's default (all cores).
+        providers (list, optional): ONNX Runtime execution providers, e.g.
+            ``['CUDAExecutionProvider', 'CPUExecutionProvider']`` with
+            onnxruntime-gpu; None: the CPU provider.
 
     Call it on an image path, an (H, W, 3) BGR uint8 array, or a list of
     them; it returns one ``DetDataSample`` per readable input. An
@@ -113,7 +126,8 @@ class EmbedMaskONNXModel:
 
     def __init__(self, model_file: str, backend: str = 'onnxruntime',
                  config=None, precision: str = 'fp32',
-                 num_threads: Optional[int] = None) -> None:
+                 num_threads: Optional[int] = None,
+                 providers: Optional[list] = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f'backend={backend!r}: use one of {BACKENDS}')
         if precision not in PRECISIONS:
@@ -147,9 +161,12 @@ class EmbedMaskONNXModel:
             mask_out_stride=config.model.mask_head.get('mask_out_stride', 4))
         self.data_preprocessor = MODELS.build(config.model.data_preprocessor)
         self.pipeline = self._inference_pipeline(config)
-        session = _OnnxRuntimeSession if backend == 'onnxruntime' \
-            else _OpenVINOSession
-        self.session = session(model_file, precision, num_threads)
+        if backend == 'onnxruntime':
+            self.session = _OnnxRuntimeSession(model_file, precision,
+                                               num_threads, providers)
+        else:
+            self.session = _OpenVINOSession(model_file, precision,
+                                            num_threads)
         shape = self.session.input_shape[2:]
         self.fixed_shape = tuple(shape) if all(
             isinstance(s, int) for s in shape) else None

@@ -5,9 +5,11 @@
 
 Inputs: ``image`` (1, 3, H, W) float32, the config's data preprocessor
 output (normalised, zero-padded to its pad_size_divisor), and ``img_shape``
-(2,) int64, the un-padded (h, w). Outputs: ``dets`` (N, 5) x1 y1 x2 y2
+(2,) int64, the un-padded (h, w), an input only of designs that read it
+(mmdet's candidate selection clips boxes to it). Outputs: ``dets`` (N, 5) x1 y1 x2 y2
 score in input pixels, ``labels`` (N,) int64, ``masks`` (N, H, W) float32
-mask probabilities (threshold: the config's test_cfg.mask_thr). NMS is ONNX
+mask probabilities (threshold: the config's test_cfg.mask_thr; crop to
+img_shape, the padding's values are not an image's). NMS is ONNX
 ``NonMaxSuppression``; no custom op. Without ``--shape`` H and W may be any
 multiples of the divisor. The config is stored in the .onnx, so
 ``EmbedMaskONNXModel(model.onnx)`` needs nothing else.
@@ -53,8 +55,9 @@ def verify(graph, out: str, shape) -> None:
     with torch.no_grad():
         ref = [t.numpy() for t in graph(image, img_shape)]
     session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
-    got = session.run(None, {'image': image.numpy(),
-                             'img_shape': img_shape.numpy()})
+    feed = {'image': image.numpy(), 'img_shape': img_shape.numpy()}
+    got = session.run(None, {i.name: feed[i.name]
+                             for i in session.get_inputs()})
     same = len(got[0]) == len(ref[0]) and (got[1] == ref[1]).all()
     err = [float(np.abs(g - r).max()) if same and g.size else 0.
            for g, r in zip(got, ref)]
