@@ -97,7 +97,9 @@ class _OpenVINOSession:
         feed = {'image': image}
         if self.feeds_img_shape:
             feed['img_shape'] = img_shape
-        res = self.request.infer(feed)
+        # no copies of the (N, H, W) maps: the caller reads them before the
+        # next inference
+        res = self.request.infer(feed, share_inputs=True, share_outputs=True)
         return [res[self.compiled.output(name)] for name in OUTPUT_NAMES]
 
 
