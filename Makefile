@@ -8,7 +8,7 @@ DATA ?= data/synthetic
 # e.g. DEMO_TRAIN_ARGS=--amp (bf16 autocast on a CPU) DEMO_DIR=work_dirs/demo_amp
 DEMO_TRAIN_ARGS ?=
 
-.PHONY: install test demo data bench clean
+.PHONY: install test test-fast demo data bench clean
 
 install:
 	VENV=$(VENV) TORCH_SPEC='$(TORCH_SPEC)' bash tools/install.sh
@@ -16,6 +16,11 @@ install:
 # pytest's exit 5 (no test collected) is a failure, like every non-zero code
 test: install
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the development loop: everything but the tests marked slow (subprocess,
+# end-to-end, training, export); make test (CI) runs those too
+test-fast: install
+	$(PY) -m pytest tests -q -p no:cacheprovider -m 'not slow' $(PYTEST_ARGS)
 
 data: install
 	@if [ -f $(DATA)/annotations/instances_val.json ]; then \

@@ -26,6 +26,9 @@ setup(
     ],
     extras_require={
         'tests': ['pytest>=7', 'scikit-image', 'matplotlib'],
+        # make bench's plots (tools/analysis_tools/benchmark) and mmdet's
+        # tools/analysis_tools/analyze_logs.py plot_curve
+        'analysis': ['matplotlib', 'seaborn'],
         # tools/deployment and embedmask_mmdet.deploy: ONNX export (torch's
         # dynamo exporter writes through onnxscript) and the two runtimes
         'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20',

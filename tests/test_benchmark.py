@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from embedmask_mmdet.benchmark.measure import linear_fit
-from embedmask_mmdet.benchmark.models import LABELS, MODELS_ALL
-from embedmask_mmdet.benchmark.report import (PLOTS, load_results, targets,
+from analysis_tools.benchmark.measure import linear_fit
+from analysis_tools.benchmark.models import LABELS, MODELS_ALL
+from analysis_tools.benchmark.report import (PLOTS, load_results, targets,
                                               write_report)
-from embedmask_mmdet.benchmark.step_profile import (op_kind, section_lines,
+from analysis_tools.benchmark.step_profile import (op_kind, section_lines,
                                                     step_flops,
                                                     step_time_split)
+
+pytestmark = pytest.mark.slow  # make test-fast skips it
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ACC_MODELS = ('embedmask', 'condinst', 'embedmask_semantic')
@@ -86,7 +88,7 @@ def test_speed_rows_for_every_model(tiny_run):
             _positive(row, ('median_ms', ))
     assert 'r2' in pp['fit']
     # EmbedMask vs FCOS stage by stage, with their end-to-end times
-    from embedmask_mmdet.benchmark.measure import BREAKDOWN_PARTS
+    from analysis_tools.benchmark.measure import BREAKDOWN_PARTS
     bd = speed['breakdown']['models']
     assert set(bd['embedmask']) == set(BREAKDOWN_PARTS) | {'end to end'}
     assert set(bd['fcos']) == set(BREAKDOWN_PARTS[:3]) | {'end to end'}
@@ -123,7 +125,7 @@ def test_accuracy_rows(tiny_run):
 
 
 def test_boxonly_variant_config(tmp_path):
-    from embedmask_mmdet.benchmark.accuracy import runner_cfg
+    from analysis_tools.benchmark.accuracy import runner_cfg
     cfg = runner_cfg('embedmask_boxonly', 10, str(tmp_path), str(tmp_path),
                      pretrained=False)
     assert cfg.model.type == 'EmbedMask'

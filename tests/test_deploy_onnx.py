@@ -30,6 +30,8 @@ from embedmask_mmdet.deploy.postprocess import resize_maps  # noqa
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT,
                       'configs/embedmask/embedmask_r18_fpn_synthetic-cpu.py')
+
+pytestmark = pytest.mark.slow  # make test-fast skips it
 SIZE = 128
 TINY = dict(
     neck=dict(out_channels=64),

@@ -9,6 +9,8 @@ from mmengine.runner import Runner
 
 from embedmask_mmdet.datasets import generate_synthetic_coco
 
+pytestmark = pytest.mark.slow  # make test-fast skips it
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT, 'configs/embedmask/embedmask_r18_fpn_synthetic-cpu.py')
 SIZE = 160

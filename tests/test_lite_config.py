@@ -13,6 +13,8 @@ from mmengine.logging import MMLogger
 
 from embedmask_mmdet.datasets import generate_synthetic_coco
 
+pytestmark = pytest.mark.slow  # make test-fast skips it
+
 torch.set_num_threads(1)
 MMLogger.get_current_instance().setLevel('WARNING')
 register_all_modules(init_default_scope=True)

@@ -28,8 +28,8 @@ from robustness_helpers import RecordStartIterHook, toy_runner
 
 torch.set_num_threads(1)
 register_all_modules(init_default_scope=True)
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword")]
 
 from robustness_common import *  # noqa: F401,F403
 from robustness_common import (  # noqa: F401  (fixtures)

@@ -30,6 +30,8 @@ from mmengine.config import Config
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT,
                       'configs/embedmask/embedmask_r18_fpn_synthetic-cpu.py')
+
+pytestmark = pytest.mark.slow  # make test-fast skips it
 PY = sys.executable
 SIZE = 96
 METRIC_KEYS = ('coco/bbox_mAP', 'coco/segm_mAP')

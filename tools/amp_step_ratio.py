@@ -78,7 +78,7 @@ def main(argv=None):
     from mmengine.device import get_device
     from mmengine.optim import build_optim_wrapper
 
-    from embedmask_mmdet.benchmark.measure import (interleave, register,
+    from analysis_tools.benchmark.measure import (interleave, register,
                                                    summarize)
     from embedmask_mmdet.engine import enable_amp
     register()

@@ -12,7 +12,8 @@ detections held equal; peak memory of each model in a process of its own;
 training step time and memory at batch 2; EmbedMask's mask post-processing
 for 1-200 detections with a linear fit; COCO bbox/segm AP of models trained
 with the same backbone, data, optimizer, schedule and iterations. Sizes are
-HEIGHTxWIDTH. See embedmask_mmdet/benchmark/ for the pieces.
+HEIGHTxWIDTH. The pieces are in tools/analysis_tools/benchmark/ (a study of
+this repository, not part of the installed library).
 """
 import argparse
 import datetime
@@ -26,18 +27,19 @@ import sys
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # running from a checkout without an install
-    sys.path.insert(0, ROOT)
+for path in (ROOT, osp.join(ROOT, 'tools')):  # checkout without an install;
+    if path not in sys.path:  # tools/ holds the analysis_tools package
+        sys.path.insert(0, path)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from embedmask_mmdet.benchmark import (accuracy, measure, models,  # noqa: E402
+from analysis_tools.benchmark import (accuracy, measure, models,  # noqa: E402
                                       step_profile)
-from embedmask_mmdet.benchmark.report import (HEADLINE_SIZE,  # noqa: E402
-                                              load_results, parse_size,
-                                              write_report)
-from embedmask_mmdet.benchmark.worker import measure_memory  # noqa: E402
+from analysis_tools.benchmark.report import (HEADLINE_SIZE,  # noqa: E402
+                                             load_results, parse_size,
+                                             write_report)
+from analysis_tools.benchmark.worker import measure_memory  # noqa: E402
 
 DEFAULT_TRAIN_ITERS = 600
 TINY = dict(sizes='96x96', reps=2, warmup=1, train_iters=2, train_step_reps=1,
@@ -410,8 +412,7 @@ def accuracy_bench(args, save, results):
 
 def deploy_section(args) -> dict:
     """The deployment section, measured now (tools/analysis_tools)."""
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    from analysis_tools import deploy_bench
+    from analysis_tools.benchmark import deploy as deploy_bench
     ckpt = args.deploy_checkpoint
     pointer = osp.join(ROOT, 'work_dirs/demo/last_checkpoint')
     if ckpt is None and osp.isfile(pointer):

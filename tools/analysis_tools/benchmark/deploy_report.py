@@ -1,5 +1,4 @@
-"""The deployment section of docs/benchmarks.md (tools/analysis_tools/
-deploy_bench.py's results)."""
+"""The deployment section of docs/benchmarks.md (``deploy.py``'s results)."""
 from typing import List
 
 from .fmt import num as _f

@@ -14,7 +14,7 @@ import torch
 
 from . import measure
 
-PRELOAD = ['embedmask_mmdet.benchmark.worker']
+PRELOAD = ['analysis_tools.benchmark.worker']
 
 
 def run_memory(spec: dict, queue) -> None:

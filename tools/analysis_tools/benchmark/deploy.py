@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+# the repository: this file is tools/analysis_tools/benchmark/<name>.py
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))))
 CASES = {
     'EmbedMask R-50': dict(
         config='configs/embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py',

@@ -1,0 +1,84 @@
+"""The package follows docs/design.md: which folder may import what, the
+benchmark study outside the library, and the model index that mim and the
+inferencer read."""
+import ast
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PKG = osp.join(ROOT, 'embedmask_mmdet')
+# top-level subpackage -> the subpackages it must not import
+FORBIDDEN = {
+    'models': {'datasets', 'deploy', 'apis', 'engine'},
+    'datasets': {'models', 'deploy', 'apis'},
+    'engine': {'models', 'deploy', 'apis'},
+    'utils': {'models', 'datasets', 'deploy', 'apis', 'engine'},
+}
+NEVER = ('matplotlib', 'seaborn', 'analysis_tools', 'tools')
+
+
+def package_imports():
+    """(module path, subpackage, imported top-level names, imported
+    embedmask_mmdet subpackages) for every module of the library."""
+    for folder, _, files in os.walk(PKG):
+        for name in files:
+            if not name.endswith('.py'):
+                continue
+            path = osp.join(folder, name)
+            rel = osp.relpath(path, PKG).split(os.sep)
+            sub = rel[0] if len(rel) > 1 else None
+            tree = ast.parse(open(path).read(), path)
+            tops, subs = set(), set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    if node.level:  # relative: resolve against the file
+                        base = rel[:-1][:len(rel) - 1 - (node.level - 1)]
+                        target = base + (node.module.split('.')
+                                         if node.module else [])
+                        if target:
+                            subs.add(target[0])
+                        else:  # 'from .. import x': x is the subpackage
+                            subs.update(a.name for a in node.names)
+                        continue
+                    names = [node.module]
+                else:
+                    continue
+                for n in names:
+                    parts = n.split('.')
+                    tops.add(parts[0])
+                    if parts[0] == 'embedmask_mmdet' and len(parts) > 1:
+                        subs.add(parts[1])
+            yield osp.relpath(path, ROOT), sub, tops, subs
+
+
+def test_import_rules_of_docs_design():
+    bad = []
+    for path, sub, tops, subs in package_imports():
+        for never in NEVER:
+            if never in tops:
+                bad.append(f'{path} imports {never}')
+        for other in FORBIDDEN.get(sub, ()):
+            if other in subs:
+                bad.append(f'{path} ({sub}) imports {other}')
+    assert not bad, '\n'.join(bad)
+
+
+def test_the_benchmark_study_is_not_in_the_library():
+    proc = subprocess.run([sys.executable, '-c',
+                           'import embedmask_mmdet.benchmark'],
+                          capture_output=True, text=True, cwd='/')
+    assert proc.returncode != 0
+    assert 'No module named' in proc.stderr
+
+
+def test_design_doc_lists_every_library_folder():
+    text = open(osp.join(ROOT, 'docs/design.md')).read()
+    for name in sorted(os.listdir(PKG)):
+        if osp.isdir(osp.join(PKG, name)) and not name.startswith('_'):
+            assert f'{name}/' in text, f'docs/design.md omits {name}/'
