@@ -11,12 +11,6 @@
 # No published number is for this code: the FCOS-repo README's R50 1x mask
 # AP 34.7 (May 2020) was measured with its v2 code (D = 8).
 _base_ = './embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
-
-reference_results = dict(
-    source=None, bbox_mAP=None, segm_mAP=None,
-    note="the FCOS-repo README's R50 1x mask AP 34.7 is of its v2 code "
-    '(D=8), not of this design')
-
 model = dict(
     bbox_head=dict(proposal_head='conv3', sample_in_mask=True,
                    center_sample_on='box'),

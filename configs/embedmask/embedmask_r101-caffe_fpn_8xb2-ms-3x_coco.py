@@ -4,12 +4,6 @@
 # Should reproduce: AdelaiDet README (yinghdb/AdelaiDet), COCO val2017,
 # box AP 44.2 / mask AP 39.5 (test-dev 44.6 / 40.0).
 _base_ = './embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
-
-reference_results = dict(
-    source='AdelaiDet README (yinghdb/AdelaiDet), EmbedMask_MS_R_101_3x, '
-    'COCO val2017',
-    bbox_mAP=44.2, segm_mAP=39.5)
-
 model = dict(
     backbone=dict(
         depth=101,

@@ -15,12 +15,6 @@ _base_ = [
 # custom_imports comes from the model base; restated so it survives any
 # reordering of _base_.
 custom_imports = dict(imports=['embedmask_mmdet'], allow_failed_imports=False)
-
-reference_results = dict(
-    source='AdelaiDet README (yinghdb/AdelaiDet), EmbedMask_MS_R_50_1x, '
-    'COCO val2017',
-    bbox_mAP=39.9, segm_mAP=36.2)
-
 # the mmdet base already has detectron2's 90k schedule: MultiStepLR
 # 60k/80k, LinearLR from 0.001 over 1000 iters, SGD momentum 0.9 wd 1e-4,
 # batch 2/GPU, PIL multi-scale 640..800 train, 800/1333 test

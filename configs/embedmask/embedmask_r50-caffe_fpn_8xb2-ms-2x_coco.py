@@ -3,12 +3,6 @@
 # been published (the 34.1 of the unofficial detectron2 port gakkiri/EmbedMask
 # is a different algorithm).
 _base_ = './embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
-
-reference_results = dict(
-    source=None, bbox_mAP=None, segm_mAP=None,
-    note='no published number for this code at 2x; for context: AdelaiDet '
-    'MS_R_50_1x 39.9 / 36.2, MS_R_50_3x has no published number')
-
 max_iter = 180000
 train_cfg = dict(max_iters=max_iter)
 param_scheduler = [

@@ -2,12 +2,6 @@
 # open-mmlab's (PyTorch-style, RGB) ResNeXt weights as in mmdet's x101
 # configs. No EmbedMask X-101 result has been published: nothing to reproduce.
 _base_ = './embedmask_r101-caffe_fpn_8xb2-ms-3x_coco.py'
-
-reference_results = dict(
-    source=None, bbox_mAP=None, segm_mAP=None,
-    note='no published EmbedMask X-101 number; for context only: paper '
-    '(arXiv 1912.01954), COCO test-dev, R-101-FPN mask AP 37.7')
-
 model = dict(
     data_preprocessor=dict(mean=[123.675, 116.28, 103.53],
                            std=[58.395, 57.12, 57.375], bgr_to_rgb=True),

@@ -1,3 +1,5 @@
-from .inferencer import EmbedMaskInferencer, amp_dtype, use_channels_last
+from .inferencer import (EmbedMaskInferencer, amp_dtype, indexed_models,
+                         model_index_file, use_channels_last)
 
-__all__ = ['EmbedMaskInferencer', 'amp_dtype', 'use_channels_last']
+__all__ = ['EmbedMaskInferencer', 'amp_dtype', 'indexed_models',
+           'model_index_file', 'use_channels_last']

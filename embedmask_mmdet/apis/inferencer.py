@@ -1,8 +1,37 @@
-"""mmdet's ``DetInferencer`` with the fast CPU inference switches."""
+"""mmdet's ``DetInferencer`` with the fast CPU inference switches and the
+EmbedMask model names of ``model-index.yml``."""
+import os.path as osp
 from contextlib import nullcontext
+from typing import Iterator, Optional
 
 import torch
 from mmdet.apis import DetInferencer
+from mmengine.config import Config
+from mmengine.fileio import load
+
+
+def model_index_file() -> Optional[str]:
+    """``model-index.yml``: the package's ``.mim`` copy (an install that
+    ships it), else the source checkout the package is imported from."""
+    import embedmask_mmdet
+    package = osp.dirname(osp.abspath(embedmask_mmdet.__file__))
+    for path in (osp.join(package, '.mim', 'model-index.yml'),
+                 osp.join(osp.dirname(package), 'model-index.yml')):
+        if osp.isfile(path):
+            return path
+    return None
+
+
+def indexed_models(index_file: Optional[str] = None) -> Iterator[dict]:
+    """The ``Models`` entries of every metafile the index imports, read as
+    mim reads them, with ``Config`` made absolute."""
+    index_file = index_file or model_index_file()
+    if index_file is None:
+        return
+    root = osp.dirname(index_file)
+    for meta in load(index_file)['Import']:
+        for model in load(osp.join(root, meta))['Models']:
+            yield dict(model, Config=osp.join(root, model['Config']))
 
 
 def amp_dtype(device_type: str) -> torch.dtype:
@@ -21,10 +50,13 @@ def use_channels_last(model: torch.nn.Module) -> None:
 
 
 class EmbedMaskInferencer(DetInferencer):
-    """``DetInferencer`` plus mixed precision and NHWC layout.
+    """``DetInferencer`` plus mixed precision, NHWC layout and model names.
 
     Args:
-        *args, **kwargs: As :class:`mmdet.apis.DetInferencer`.
+        *args, **kwargs: As :class:`mmdet.apis.DetInferencer`; ``model``
+            may also be a name from this package's ``model-index.yml``
+            (e.g. ``'embedmask_r50-caffe_fpn_8xb2-ms-1x_coco'``, with
+            ``weights=`` a local, converted checkpoint).
         amp (bool): Run the model under autocast (bf16 on a CPU, fp16 on a
             GPU). Mask probabilities and thresholds stay float32
             (``mask_probability``), so masks agree with fp32 (IoU >= 0.98
@@ -39,6 +71,15 @@ class EmbedMaskInferencer(DetInferencer):
         self.amp = amp
         if channels_last:
             use_channels_last(self.model)
+
+    def _load_model_from_metafile(self, model: str):
+        """An EmbedMask model name of ``model-index.yml`` -> (config, its
+        ``Weights`` or None: pass ``weights=``); other names are mmdet's."""
+        for entry in indexed_models():
+            names = [entry['Name']] + list(entry.get('Alias', []))
+            if model.lower() in (n.lower() for n in names):
+                return Config.fromfile(entry['Config']), entry.get('Weights')
+        return super()._load_model_from_metafile(model)
 
     def forward(self, inputs, **kwargs):
         device = next(self.model.parameters()).device.type
