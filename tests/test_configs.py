@@ -346,3 +346,15 @@ def test_inferencer_resolves_a_model_name(tmp_path):
     assert inferencer.cfg.model.backbone.depth == 18
     with pytest.raises(ValueError, match='Cannot find model'):
         EmbedMaskInferencer('embedmask_no-such-model', weights=weights)
+
+
+def test_num_classes_must_agree_between_the_heads():
+    from mmdet.registry import MODELS
+    cfg = load(CONFIG_DIR / 'embedmask' / 'embedmask-lite0_fpn_custom-dataset.py')
+    assert cfg.model.bbox_head.num_classes == cfg.model.mask_head.num_classes \
+        == len(cfg.metainfo.classes) == 3
+    cfg.model.mask_head.num_classes = 4
+    cfg.model.backbone.init_cfg = None
+    with pytest.raises(ValueError, match=r'bbox_head.num_classes \(3\) and '
+                       r'mask_head.num_classes \(4\)'):
+        MODELS.build(cfg.model)

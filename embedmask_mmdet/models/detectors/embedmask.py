@@ -48,6 +48,14 @@ class EmbedMask(SingleStageInstanceSegmentor):
             self.to(memory_format=torch.channels_last)
         box_dim = getattr(self.bbox_head, 'embed_dim', None)
         mask_dim = getattr(self.mask_head, 'embed_dim', None)
+        box_classes = getattr(self.bbox_head, 'num_classes', None)
+        mask_classes = getattr(self.mask_head, 'num_classes', None)
+        if None not in (box_classes, mask_classes) and \
+                box_classes != mask_classes:
+            raise ValueError(
+                f'EmbedMask: bbox_head.num_classes ({box_classes}) and '
+                f'mask_head.num_classes ({mask_classes}) must be equal; set '
+                'both to the number of classes of your dataset')
         if box_dim is not None and mask_dim is not None and box_dim != mask_dim:
             raise ValueError(
                 f'EmbedMask: bbox_head.embed_dim ({box_dim}) and '
