@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-DEMO_CONFIG ?= configs/embedmask/embedmask-lite0_fpn_synthetic-cpu.py
+DEMO_CONFIG ?= configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py
 DEMO_DIR ?= work_dirs/demo
 DATA ?= data/synthetic
 # e.g. DEMO_TRAIN_ARGS=--amp (bf16 autocast on a CPU) DEMO_DIR=work_dirs/demo_amp

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT, 'configs', 'embedmask',
-                      'embedmask_r18_fpn_synthetic-cpu.py')
+                      'embedmask_r18_fpn_1xb4-3k_synthetic.py')
 HELPERS = osp.join(ROOT, 'tests', 'robustness_helpers.py')
 SIZE = 96
 CAP = 24  # max_masks_to_train of the tiny model

@@ -333,7 +333,7 @@ def test_inferencer_resolves_a_model_name(tmp_path):
     import torch
     from mmdet.registry import MODELS
     from embedmask_mmdet.apis import EmbedMaskInferencer
-    name = 'embedmask_r18_fpn_synthetic-cpu'
+    name = 'embedmask_r18_fpn_1xb4-3k_synthetic'
     cfg = load(CONFIG_DIR / 'embedmask' / f'{name}.py')
     model = MODELS.build(cfg.model)
     weights = str(tmp_path / 'w.pth')
@@ -350,7 +350,7 @@ def test_inferencer_resolves_a_model_name(tmp_path):
 
 def test_num_classes_must_agree_between_the_heads():
     from mmdet.registry import MODELS
-    cfg = load(CONFIG_DIR / 'embedmask' / 'embedmask-lite0_fpn_custom-dataset.py')
+    cfg = load(CONFIG_DIR / 'embedmask' / 'embedmask-lite0_fpn_1xb4-1300it_custom.py')
     assert cfg.model.bbox_head.num_classes == cfg.model.mask_head.num_classes \
         == len(cfg.metainfo.classes) == 3
     cfg.model.mask_head.num_classes = 4

@@ -19,7 +19,7 @@ from embedmask_mmdet.engine import CpuAmpOptimWrapper, enable_amp
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT,
-                      'configs/embedmask/embedmask_r18_fpn_synthetic-cpu.py')
+                      'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 SIZE = 128
 ITERS = 30
 ON_CPU = not torch.cuda.is_available()

@@ -1,6 +1,6 @@
-"""The custom-dataset template (configs/embedmask/embedmask-lite0_fpn_
-custom-dataset.py, docs/custom_dataset.md) trains and evaluates on a
-3-class COCO-format set made from the built-in generator."""
+"""The custom-dataset template (configs/embedmask/
+embedmask-lite0_fpn_1xb4-1300it_custom.py, docs/custom_dataset.md) trains
+and evaluates on a 3-class COCO-format set made from the built-in generator."""
 import json
 import os.path as osp
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # make test-fast skips it
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TEMPLATE = osp.join(ROOT,
-                    'configs/embedmask/embedmask-lite0_fpn_custom-dataset.py')
+                    'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_custom.py')
 CLASSES = ('cat', 'dog', 'bird')
 
 

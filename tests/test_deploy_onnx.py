@@ -29,7 +29,7 @@ from embedmask_mmdet.deploy.postprocess import resize_maps  # noqa
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT,
-                      'configs/embedmask/embedmask_r18_fpn_synthetic-cpu.py')
+                      'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 
 pytestmark = pytest.mark.slow  # make test-fast skips it
 SIZE = 128

@@ -414,7 +414,7 @@ def test_cpu_config_uses_atomic_checkpoints_and_dist_timeout():
     assert HOOKS.get('AtomicCheckpointHook') is AtomicCheckpointHook
     assert DET_HOOKS.get('AtomicCheckpointHook') is AtomicCheckpointHook
     lite = Config.fromfile(osp.join(
-        ROOT, 'configs/embedmask/embedmask-lite0_fpn_synthetic-cpu.py'))
+        ROOT, 'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py'))
     assert lite.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
     ds = cfg.train_dataloader.dataset
     assert ds.type == 'RobustCocoDataset'

@@ -29,7 +29,7 @@ from mmengine.config import Config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT,
-                      'configs/embedmask/embedmask_r18_fpn_synthetic-cpu.py')
+                      'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 
 pytestmark = pytest.mark.slow  # make test-fast skips it
 PY = sys.executable

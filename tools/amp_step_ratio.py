@@ -24,7 +24,7 @@ import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG = osp.join(ROOT,
-                      'configs/embedmask/embedmask_r18_fpn_synthetic-cpu.py')
+                      'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 
 
 def cpu_model() -> str:

@@ -30,7 +30,7 @@ CASES = {
         config='configs/embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py',
         size=(800, 1333), warmup=1, reps=3),
     'EmbedMask-Lite': dict(
-        config='configs/embedmask/embedmask-lite0_fpn_synthetic-cpu.py',
+        config='configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py',
         size=(320, 320), warmup=2, reps=10),
 }
 DEMO_CONFIG = CASES['EmbedMask-Lite']['config']

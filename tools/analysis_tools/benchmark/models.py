@@ -6,7 +6,7 @@ from our EmbedMask config of the chosen ``arch``:
 * ``r50``: ResNet-50 + FPN-256 of ``configs/_base_/models/embedmask_r50_fpn.py``
   with each method's COCO head widths and 80 classes (the speed rows);
 * ``lite0``: EfficientNet-Lite0 + FPN-96 of
-  ``configs/embedmask/embedmask-lite0_fpn_synthetic-cpu.py`` with every head
+  ``configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py`` with every head
   narrowed the way that config narrows EmbedMask's (tower width = FPN width,
   its number of stacked convs, its mask-feature width) and object-size
   hyper-parameters scaled like its FCOS size ranges (the accuracy rows).
@@ -31,7 +31,7 @@ MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 EMBEDMASK_CONFIGS = {
     'r50': osp.join(ROOT, 'configs/_base_/models/embedmask_r50_fpn.py'),
     'lite0': osp.join(ROOT,
-                      'configs/embedmask/embedmask-lite0_fpn_synthetic-cpu.py'),
+                      'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py'),
 }
 LITE0_CONFIG = EMBEDMASK_CONFIGS['lite0']
 PACKAGED = {

