@@ -248,7 +248,7 @@ def test_coco_recipe_details():
     assert model.mask_head.pixel_branch_type == 'p3_tower'
     assert isinstance(model.mask_head.coord_scale, nn.Parameter)
     assert model.mask_head.loss_semantic is None
-    assert isinstance(model.bbox_head.controller.embed_reduce, nn.Identity)
+    assert isinstance(model.bbox_head.embedding_head.embed_reduce, nn.Identity)
     assert model.mask_head.test_cfg.mask_thr == 0.53
     assert model.bbox_head.test_cfg.score_type == 'cls_ctr'
 

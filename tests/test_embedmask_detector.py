@@ -120,8 +120,8 @@ def test_loss_mode(model):
     for name, value in losses.items():
         assert torch.isfinite(value) and value.item() > 0, name
     sum(losses.values()).backward()
-    for name in ('bbox_head.controller.embed_conv.weight',
-                 'bbox_head.controller.margin_conv.weight',
+    for name in ('bbox_head.embedding_head.embed_conv.weight',
+                 'bbox_head.embedding_head.margin_conv.weight',
                  'mask_head.pixel_branch.conv_pred.weight',
                  'neck.fpn_convs.0.conv.weight'):
         grad = dict(model.named_parameters())[name].grad
@@ -296,3 +296,16 @@ def test_channels_last_same_losses_gradients_and_predictions():
         torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(b.bboxes, a.bboxes, rtol=1e-4, atol=1e-3)
         assert (a.masks != b.masks).float().mean() < 1e-3
+
+
+def test_checkpoints_with_condinst_controller_key_still_load(model):
+    """The box head's embedding head was 'controller' (CondInst's name)
+    before; such state dicts load strictly onto 'embedding_head'."""
+    state = {k.replace('bbox_head.embedding_head.', 'bbox_head.controller.'): v
+             + 1 for k, v in model.state_dict().items()}
+    assert any('.controller.' in k for k in state)
+    fresh = MODELS.build(tiny_model_cfg())
+    fresh.load_state_dict(state, strict=True)
+    got = fresh.bbox_head.embedding_head.embed_conv.weight
+    want = model.bbox_head.embedding_head.embed_conv.weight + 1
+    assert torch.equal(got, want)

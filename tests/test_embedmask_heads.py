@@ -14,7 +14,7 @@ from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 import embedmask_mmdet  # noqa: F401  (registers the heads and the loss)
-from embedmask_mmdet.models.dense_heads.embedmask_mask_head import \
+from embedmask_mmdet.models.utils.mask_paste import \
     paste_masks
 from embedmask_mmdet.models.utils import location_map
 
@@ -165,7 +165,7 @@ class MaskCounter:
         mask_head.loss_mask.forward = forward
 
 
-EMBEDMASK_PREFIXES = ('controller.', 'margin_scales.', 'pixel_branch.',
+EMBEDMASK_PREFIXES = ('embedding_head.', 'margin_scales.', 'pixel_branch.',
                       'semantic_convs.', 'semantic_logits.', 'coord_scale')
 
 
@@ -221,7 +221,7 @@ def test_loss_one_gt_and_gradients(design):
     if design == 'v3':
         assert 'coord_scale' in names
     if design != 'fixed':
-        assert any(n.startswith('controller.margin_conv') for n in names)
+        assert any(n.startswith('embedding_head.margin_conv') for n in names)
     for name, p in named:
         assert p.grad is not None, f'{name} got no gradient'
         assert torch.isfinite(p.grad).all(), name
@@ -314,14 +314,14 @@ def test_initial_margin_is_the_prior():
     the margin conv bias still gives p = 0.5 at distance prior_margin."""
     bbox_head, _ = build_heads(bbox_overrides=dict(prior_margin=3.0))
     torch.testing.assert_close(
-        bbox_head.controller.margin_conv.bias.detach(),
+        bbox_head.embedding_head.margin_conv.bias.detach(),
         torch.full((EMBED_DIM, ), math.log(math.log(2.) / 9.)))
 
 
 # --------------------------------------------- embeddings, zero conv outputs
 def zero_embedding_convs(bbox_head, mask_head):
     with torch.no_grad():
-        for conv in (bbox_head.controller.embed_conv,
+        for conv in (bbox_head.embedding_head.embed_conv,
                      mask_head.pixel_branch.conv_pred):
             conv.weight.zero_()
             conv.bias.zero_()
@@ -571,7 +571,7 @@ def disk_heads(design='default', radius=20.):
     with torch.no_grad():
         if design == 'v3':
             mask_head.coord_scale.fill_(1.)
-        ctrl = bbox_head.controller
+        ctrl = bbox_head.embedding_head
         ctrl.margin_conv.weight.zero_()
         # exp(-s (r / 100)^2) = 0.5
         ctrl.margin_conv.bias.fill_(math.log(math.log(2.) * 1e4 / radius**2))
@@ -632,7 +632,7 @@ def test_predict_crop_to_box():
     bbox_head, mask_head = build_heads()
     with torch.no_grad():
         # a very wide margin: p > 0.5 on the whole image
-        bbox_head.controller.margin_conv.bias.fill_(-8.)
+        bbox_head.embedding_head.margin_conv.bias.fill_(-8.)
     sample = make_sample(ONE_GT, ori_shape=(64, 80), scale_factor=(2., 2.))
     x = pyramid(seed=10)
     _, full = predict(bbox_head, mask_head, x, [sample])

@@ -194,8 +194,8 @@ def test_extreme_embeddings_and_margins_stay_finite(tiny, synth, embed,
     batch = batch_from(cfg, synth, 'annotations/instances_train.json')
     batch = {k: v[:2] for k, v in batch.items()}
     pixel = model.mask_head.pixel_branch.conv_pred.bias
-    proposal = model.bbox_head.controller.embed_conv.bias
-    margin = model.bbox_head.controller.margin_conv.bias
+    proposal = model.bbox_head.embedding_head.embed_conv.bias
+    margin = model.bbox_head.embedding_head.margin_conv.bias
     saved = [t.detach().clone() for t in (pixel, proposal, margin)]
     with torch.no_grad():
         pixel[2:] = embed

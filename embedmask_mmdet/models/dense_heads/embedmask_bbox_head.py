@@ -184,7 +184,9 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         # FCOS towers and predictors; CondInst's dynamic-parameter conv is
         # replaced by the embedding/margin head
         FCOSHead._init_layers(self)
-        self.controller = ProposalEmbeddingHead(
+        # CondInst's dynamic-parameter 'controller' is EmbedMask's proposal
+        # embedding/margin head; checkpoints with the old key still load
+        self.embedding_head = ProposalEmbeddingHead(
             self.feat_channels, self.embed_dim, self.proposal_head,
             self.margin_type, self.prior_margin, self.margin_reduce_factor,
             self.proposal_channels)
@@ -193,6 +195,15 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         self.margin_scales = nn.ModuleList(
             [Scale(1.0) for _ in self.strides]) \
             if self.margin_type == 'per_dim' else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the rename call the embedding head
+        # 'controller' (CondInst's name)
+        old = prefix + 'controller.'
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + 'embedding_head.' + key[len(old):]] = \
+                state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tuple[Tensor]) -> Tuple[List[Tensor], ...]:
         """Returns cls scores, bbox preds, centernesses and param preds
@@ -226,7 +237,7 @@ class EmbedMaskBboxHead(CondInstBboxHead):
                 bbox_pred = bbox_pred * stride
         else:
             bbox_pred = bbox_pred.exp()
-        embed, log_margin = (t.float() for t in self.controller(reg_feat))
+        embed, log_margin = (t.float() for t in self.embedding_head(reg_feat))
         if margin_scale is not None and self.margin_type == 'per_dim':
             # per-level scale on the spatial margins: objects of different
             # levels have different extents in image coordinates

@@ -23,8 +23,7 @@ from ..utils.mask_paste import (MAX_PASTE_ELEMENTS, crop_masks_to_boxes,
 from ..utils.mask_targets import ALIGNMENTS, cell_targets, upsample_prob
 from .pixel_branch import PIXEL_BRANCHES, EmbedMaskPixelBranch
 
-__all__ = ['EmbedMaskMaskHead', 'MAX_PASTE_ELEMENTS', 'crop_masks_to_boxes',
-           'paste_masks', 'resample_to_output']
+__all__ = ['EmbedMaskMaskHead']
 
 SAMPLINGS = ('all_positives', 'best_iou_per_gt')
 # mask loss normalisation: mean over the batch's instances (AdelaiDet), or

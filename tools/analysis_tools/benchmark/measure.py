@@ -213,8 +213,8 @@ def postproc_sweep(model, size: Tuple[int, int], dets: Sequence[int],
     threshold) for each number of detections, and its two parts."""
     from embedmask_mmdet.models.utils import (mask_probability,
                                               prior_margin_bias)
-    from embedmask_mmdet.models.dense_heads.embedmask_mask_head import (
-        MAX_PASTE_ELEMENTS, paste_masks)
+    from embedmask_mmdet.models.utils.mask_paste import (MAX_PASTE_ELEMENTS,
+                                                         paste_masks)
     head = model.mask_head
     cfg = head.test_cfg or {}
     with torch.no_grad():

@@ -67,7 +67,7 @@ def _embedmask_model(arch: str) -> ConfigDict:
 
 def shared_parts(arch: str, pretrained: bool = False) -> dict:
     """Preprocessor, backbone, neck and the head sizes every model uses."""
-    from embedmask_mmdet.models.dense_heads.embedmask_mask_head import \
+    from embedmask_mmdet.models.dense_heads.pixel_branch import \
         PIXEL_BRANCHES
     em = _embedmask_model(arch)
     backbone = copy.deepcopy(em.backbone)
