@@ -4,6 +4,14 @@
 
 Reads every WORK_DIR/*/vis_data/scalars.json (one per run, resumed runs
 included) and draws each loss term and the total against the iteration.
+
+mmdet's ``tools/analysis_tools/analyze_logs.py plot_curve
+WORK_DIR/<run>/vis_data/scalars.json --keys loss`` plots our logs as well
+(install the ``analysis`` extra: it needs seaborn). This tool exists for
+``make demo``. A resumed training writes a new timestamped run folder each
+time; this tool finds all of them, merges them in iteration order (later
+runs win), and draws every loss term and the learning rate into one PNG,
+from the work dir alone.
 """
 import argparse
 import glob
