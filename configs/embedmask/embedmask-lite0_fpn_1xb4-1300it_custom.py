@@ -1,6 +1,6 @@
 # Template: EmbedMask-Lite on your own COCO-format instance dataset.
 # Copy this file, then set the four marked values. docs/custom_dataset.md
-# walks through it; tests/test_custom_dataset.py trains it for a few
+# walks through it; tests/test_configs/test_custom_dataset.py trains it for a few
 # iterations on a generated 3-class set.
 _base_ = './embedmask-lite0_fpn_1xb4-1300it_synthetic.py'
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / 'configs'
 MODEL_BASE = CONFIG_DIR / '_base_' / 'models' / 'embedmask_r50_fpn.py'
 PARENT_1X = CONFIG_DIR / 'embedmask' / 'embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'

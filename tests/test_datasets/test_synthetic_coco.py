@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 import embedmask_mmdet  # noqa: F401
 from embedmask_mmdet.datasets import SYNTHETIC_CLASSES, generate_synthetic_coco
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(REPO, 'configs', '_base_', 'datasets',
                   'synthetic_instance.py')
 SIZE = (320, 320)

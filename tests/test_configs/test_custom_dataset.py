@@ -10,7 +10,7 @@ from mmengine.runner import Runner
 
 pytestmark = pytest.mark.slow  # make test-fast skips it
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TEMPLATE = osp.join(ROOT,
                     'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_custom.py')
 CLASSES = ('cat', 'dog', 'bird')

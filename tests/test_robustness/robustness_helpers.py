@@ -2,10 +2,10 @@
 hook that kills one rank, and a training entry point that can be killed in
 the middle of writing a checkpoint.
 
-Imported by configs through ``custom_imports`` (with tests/ on PYTHONPATH)
+Imported by configs through ``custom_imports`` (with tests/test_robustness/ on PYTHONPATH)
 and run as a script by the checkpoint fault tests:
 
-    python tests/robustness_helpers.py WORK_DIR MAX_ITERS HOOK_TYPE MAX_KEEP \
+    python tests/test_robustness/robustness_helpers.py WORK_DIR MAX_ITERS HOOK_TYPE MAX_KEEP \
         [KILL_AT_SAVE]
 """
 import os

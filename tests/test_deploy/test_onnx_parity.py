@@ -27,7 +27,7 @@ pytest.importorskip('openvino')
 from embedmask_mmdet.deploy import EmbedMaskONNXModel, export_onnx  # noqa
 from embedmask_mmdet.deploy.postprocess import resize_maps  # noqa
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CPU_CONFIG = osp.join(ROOT,
                       'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 MMLogger.get_current_instance().setLevel('WARNING')
 register_all_modules(init_default_scope=True)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 LITE = osp.join(ROOT, 'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py')
 
 

@@ -17,7 +17,7 @@ from mmengine.runner import Runner
 from embedmask_mmdet.datasets import generate_synthetic_coco
 from embedmask_mmdet.engine import CpuAmpOptimWrapper, enable_amp
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CPU_CONFIG = osp.join(ROOT,
                       'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 SIZE = 128
@@ -124,6 +124,7 @@ class RecordOutputs(Hook):
                             for k, v in outputs.items()})
 
 
+@pytest.mark.slow
 def test_train_py_amp_trains_the_cpu_config(tmp_path):
     data_root = str(tmp_path / 'data') + '/'
     generate_synthetic_coco(data_root, num_train=8, num_val=0, seed=5,

@@ -23,9 +23,9 @@ register_all_modules(init_default_scope=True)
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword")
 
-from robustness_common import *  # noqa: F401,F403
-from robustness_common import (  # noqa: F401  (fixtures)
-    logs, mmdet_scope, module_scope, synth)
+from robustness_common import (  # noqa: E402
+    CPU_CONFIG, ROOT, SIZE, dataset, first_polygon_ann, infos,
+    load_json, write_json)
 
 
 # ------------------------------------------------------- annotation checks

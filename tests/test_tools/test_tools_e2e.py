@@ -27,7 +27,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CPU_CONFIG = osp.join(ROOT,
                       'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 

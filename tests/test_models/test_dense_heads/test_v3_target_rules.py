@@ -21,7 +21,7 @@ STRIDES = [8, 16, 32, 64, 128]
 REGRESS_RANGES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
 H, W = 128, 160  # padded input size, also the gt mask size
 FEAT_SIZES = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]  # ceil(H / s)
-V3_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'embedmask' / \
+V3_CONFIG = Path(__file__).resolve().parents[3] / 'configs' / 'embedmask' / \
     'embedmask-v3_r50-caffe_fpn_8xb2-1x_coco.py'
 
 COMMON = dict(num_classes=NUM_CLASSES, in_channels=8, feat_channels=8,

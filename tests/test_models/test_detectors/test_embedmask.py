@@ -23,7 +23,7 @@ MMLogger.get_current_instance().setLevel('WARNING')
 # the data preprocessor is built from MODELS of the 'mmdet' scope
 register_all_modules(init_default_scope=True)
 
-CONFIG = osp.join(osp.dirname(__file__), '..', 'configs', '_base_', 'models',
+CONFIG = osp.join(osp.dirname(__file__), '..', '..', '..', 'configs', '_base_', 'models',
                   'embedmask_r50_fpn.py')
 NUM_CLASSES = 3
 

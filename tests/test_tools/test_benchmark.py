@@ -21,7 +21,7 @@ from analysis_tools.benchmark.step_profile import (op_kind, section_lines,
 
 pytestmark = pytest.mark.slow  # make test-fast skips it
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ACC_MODELS = ('embedmask', 'condinst', 'embedmask_semantic')
 
 

@@ -11,7 +11,7 @@ from embedmask_mmdet.datasets import generate_synthetic_coco
 
 pytestmark = pytest.mark.slow  # make test-fast skips it
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CPU_CONFIG = osp.join(ROOT, 'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
 SIZE = 160
 

@@ -31,9 +31,8 @@ register_all_modules(init_default_scope=True)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword")]
 
-from robustness_common import *  # noqa: F401,F403
-from robustness_common import (  # noqa: F401  (fixtures)
-    logs, mmdet_scope, module_scope, synth)
+from robustness_common import (  # noqa: E402
+    CAP, CPU_CONFIG, HELPERS, ROOT, write_json)
 
 
 # ----------------------------------------------------------- model / config
@@ -451,7 +450,7 @@ def dist_train(tmp_path, die, max_iters, timeout=120):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
                PORT=str(free_port()),
                PYTHONPATH=os.pathsep.join(
-                   [osp.join(ROOT, 'tests'), ROOT,
+                   [osp.join(ROOT, 'tests', 'test_robustness'), ROOT,
                     os.environ.get('PYTHONPATH', '')]))
     start = time.monotonic()
     proc = subprocess.Popen(

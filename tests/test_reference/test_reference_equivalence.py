@@ -18,7 +18,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REF = ROOT.parent / 'shared' / 'reference'
 CONFIG = ROOT / 'configs/embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py'
 sys.path.insert(0, str(ROOT / 'tools' / 'model_converters'))
