@@ -1,0 +1,129 @@
+"""mask_paste: p resampled to the output size, against a brute-force
+bilinear reference; the region path against the whole-image path."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import embedmask_mmdet  # noqa: F401  (registers the heads and the loss)
+from embedmask_mmdet.models.utils.mask_paste import \
+    paste_masks
+
+
+def bilinear_reference(prob, stride, img_shape, out_shape):
+    """Output pixel (v, u) samples the input at ((u + .5) img_w / out_w,
+    (v + .5) img_h / out_h), i.e. cell coordinate (. / stride - .5), with
+    bilinear weights and edge clamping; written with numpy loops."""
+    prob = prob.double().numpy()
+    n, hh, ww = prob.shape
+
+    def taps(dst, img, out, size):
+        src = max((dst + .5) * img / out / stride - .5, 0.)
+        lo = min(int(math.floor(src)), size - 1)
+        hi = min(lo + 1, size - 1)
+        return lo, hi, src - lo if lo < size - 1 else 0.
+
+    out = np.zeros((n, *out_shape))
+    for v in range(out_shape[0]):
+        y0, y1, ly = taps(v, img_shape[0], out_shape[0], hh)
+        for u in range(out_shape[1]):
+            x0, x1, lx = taps(u, img_shape[1], out_shape[1], ww)
+            out[:, v, u] = (prob[:, y0, x0] * (1 - ly) * (1 - lx) +
+                            prob[:, y0, x1] * (1 - ly) * lx +
+                            prob[:, y1, x0] * ly * (1 - lx) +
+                            prob[:, y1, x1] * ly * lx)
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize('stride,prob_shape,img_shape,out_shape', [
+    (8, (100, 6), (800, 48), (402, 24)),    # unpadded, rounds down
+    (8, (16, 20), (120, 150), (60, 75)),    # padded input, downscale
+    (4, (32, 40), (120, 150), (150, 190)),  # upscale
+    (8, (16, 20), (128, 160), (128, 160)),  # identity scale
+])
+def test_paste_masks_matches_bilinear_reference(stride, prob_shape, img_shape,
+                                                out_shape):
+    g = torch.Generator().manual_seed(15)
+    prob = torch.rand(3, *prob_shape, generator=g)
+    ref = bilinear_reference(prob, stride, img_shape, out_shape)
+    for thr in (0.3, 0.5):
+        for max_elements in (2**25, out_shape[0] * out_shape[1]):  # chunks
+            for regions in (False, True):
+                masks = paste_masks(prob, stride, img_shape, out_shape, thr,
+                                    max_elements=max_elements,
+                                    regions=regions)
+                assert masks.shape == (3, *out_shape) and \
+                    masks.dtype == torch.bool
+                undecided = (ref - thr).abs() < 1e-5
+                assert torch.equal(masks[~undecided], (ref > thr)[~undecided])
+
+
+@pytest.mark.parametrize('stride,prob_shape,img_shape,out_shape', [
+    (8, (16, 20), (128, 160), (128, 160)),  # identity scale
+    (8, (16, 20), (120, 150), (97, 203)),   # padded, non-integer scales
+    (4, (32, 40), (120, 150), (150, 190)),  # upscale
+])
+def test_paste_masks_regions_equal_whole_image(stride, prob_shape, img_shape,
+                                               out_shape):
+    """Blobs of every size (none above the threshold, a few cells, one cell
+    at a border, most of the image) pasted only inside their support
+    rectangles equal the whole-image path and the bilinear reference, with
+    the box crop too."""
+    h, w = prob_shape
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5,
+                            indexing='ij')
+    blobs = [(h / 2, w / 2, 0.3), (h / 3, w / 4, 1.5), (0., w - 1., 1.),
+             (h / 2, w / 2, 3 * max(h, w)), (h / 2, w / 2, 1e-3),
+             (h - 1., 2., 2.)]
+    prob = torch.stack([torch.exp(-((ys - cy)**2 + (xs - cx)**2) / (2 * r * r))
+                        for cy, cx, r in blobs])
+    prob[4] *= 0.2  # nothing above any threshold
+    ref = bilinear_reference(prob, stride, img_shape, out_shape)
+    g = torch.Generator().manual_seed(2)
+    centre = torch.rand(len(blobs), 2, generator=g) * torch.tensor(
+        [out_shape[1], out_shape[0]])
+    boxes = torch.cat([centre - 20, centre + 20], 1)
+    for thr in (0.3, 0.5, 0.9):
+        whole = paste_masks(prob, stride, img_shape, out_shape, thr,
+                            regions=False)
+        region = paste_masks(prob, stride, img_shape, out_shape, thr,
+                             regions=True)
+        assert torch.equal(region, whole)
+        undecided = (ref - thr).abs() < 1e-5
+        assert torch.equal(region[~undecided], (ref > thr)[~undecided])
+        assert not region[4].any() and region[3].any()
+        torch.testing.assert_close(
+            paste_masks(prob, stride, img_shape, out_shape, thr, boxes, 3.,
+                        regions=True),
+            paste_masks(prob, stride, img_shape, out_shape, thr, boxes, 3.,
+                        regions=False))
+
+
+@pytest.mark.parametrize('max_elements', [2**21, 3000])
+def test_paste_masks_batched_regions_many_detections(max_elements):
+    """Many detections of mixed sizes, several sharing a size class and some
+    touching the image border (windows shifted inside it), batched into one
+    group or split by a small element budget: equal to the whole image."""
+    stride, prob_shape, img_shape, out_shape = 4, (30, 38), (118, 150), \
+        (177, 225)
+    h, w = prob_shape
+    g = torch.Generator().manual_seed(5)
+    num = 40
+    cy = torch.rand(num, generator=g) * h
+    cx = torch.rand(num, generator=g) * w
+    cy[:4] = torch.tensor([0., h - 0.5, 3., h / 2])
+    cx[:4] = torch.tensor([2., w / 2, w - 0.5, 0.])
+    r = 0.5 + torch.rand(num, generator=g) * 3
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5,
+                            indexing='ij')
+    prob = torch.exp(-((ys - cy[:, None, None])**2 +
+                       (xs - cx[:, None, None])**2) /
+                     (2 * r[:, None, None]**2))
+    for thr in (0.2, 0.5):
+        whole = paste_masks(prob, stride, img_shape, out_shape, thr,
+                            regions=False)
+        region = paste_masks(prob, stride, img_shape, out_shape, thr,
+                             max_elements=max_elements, regions=True)
+        assert whole.any(dim=(1, 2)).all()
+        assert torch.equal(region, whole)
