@@ -10,7 +10,7 @@
 # box AP 39.9 / mask AP 36.2 (test-dev 40.1 / 36.3).
 _base_ = [
     '../_base_/models/embedmask_r50_fpn.py',
-    'mmdet::common/ms-poly-90k_coco-instance.py'
+    '../_base_/datasets/ms-poly-90k_robust-coco-instance.py'
 ]
 # custom_imports comes from the model base; restated so it survives any
 # reordering of _base_.

@@ -358,3 +358,17 @@ def test_num_classes_must_agree_between_the_heads():
     with pytest.raises(ValueError, match=r'bbox_head.num_classes \(3\) and '
                        r'mask_head.num_classes \(4\)'):
         MODELS.build(cfg.model)
+
+
+@pytest.mark.parametrize('path', COCO_CONFIGS, ids=_rel)
+def test_coco_recipes_use_the_fault_handling(path):
+    """RobustCocoDataset (skips with counts), an error for a missing test
+    image, atomic checkpoints; images still decoded with PIL."""
+    cfg = load(path)
+    train = cfg.train_dataloader.dataset
+    assert (train.type, train.bad_annotation, train.missing_image) == (
+        'RobustCocoDataset', 'skip', 'skip')
+    test = cfg.test_dataloader.dataset
+    assert (test.type, test.missing_image) == ('RobustCocoDataset', 'error')
+    assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
+    assert train.pipeline[0].imdecode_backend == 'pillow'
