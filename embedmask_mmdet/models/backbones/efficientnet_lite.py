@@ -47,7 +47,21 @@ BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TF: eps 1e-3, decay 0.99
 
 
 def locate_packaged_checkpoint(name: str) -> str:
-    """Path of a checkpoint shipped in an installed package (no network)."""
+    """Path of a checkpoint shipped in an installed package (no network).
+
+    Args:
+        name (str): Key of ``PACKAGED_CHECKPOINTS``, e.g.
+            ``'efficientnet-lite0'`` (the part of a ``packaged://`` URI
+            after the prefix).
+
+    Returns:
+        str: Path of the checkpoint file inside the installed package.
+
+    Raises:
+        KeyError: ``name`` is not a known packaged checkpoint.
+        ImportError: The package that ships it is not installed.
+        FileNotFoundError: The package is installed but lacks the file.
+    """
     if name not in PACKAGED_CHECKPOINTS:
         raise KeyError(f'Unknown packaged checkpoint {name!r}; known: '
                        f'{sorted(PACKAGED_CHECKPOINTS)}')
@@ -76,6 +90,16 @@ class Conv2dSame(nn.Conv2d):
 
     Stride-1 convs with odd kernels pad symmetrically (static); strided convs
     pad dynamically, the extra pixel going to the bottom/right like TF.
+    An input (B, in_ch, H, W) gives (B, out_ch, ceil(H / s), ceil(W / s)).
+
+    Args:
+        in_ch (int): Number of input channels.
+        out_ch (int): Number of output channels.
+        kernel_size (int): Square kernel size.
+        stride (int): Stride of both axes. Defaults to 1.
+        groups (int): Number of conv groups (``in_ch`` for a depthwise
+            conv). Defaults to 1.
+        bias (bool): Whether the conv has a bias. Defaults to False.
     """
 
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, groups=1,
@@ -107,7 +131,25 @@ def _bn(c: int) -> nn.BatchNorm2d:
 
 
 class MBConvBlock(nn.Module):
-    """Inverted residual block of EfficientNet-Lite (no SE, ReLU6)."""
+    """Inverted residual block of EfficientNet-Lite (no SE, ReLU6).
+
+    Optional 1x1 expansion conv + BN + ReLU6, k x k depthwise conv + BN +
+    ReLU6, 1x1 projection conv + BN (no activation); all convs use
+    :class:`Conv2dSame`. The input is added back when ``stride == 1`` and
+    ``in_ch == out_ch``.
+
+    Args:
+        in_ch (int): Number of input channels.
+        out_ch (int): Number of output channels.
+        kernel_size (int): Kernel size of the depthwise conv.
+        stride (int): Stride of the depthwise conv.
+        expand_ratio (int): Expansion ratio: the hidden width is
+            ``in_ch * expand_ratio``; 1 builds no expansion conv.
+        drop_path (float): Stochastic depth rate: in training, the residual
+            branch of each sample is dropped with this probability (and the
+            kept ones scaled by 1 / (1 - drop_path)). Only used when the
+            block has the skip connection. Defaults to 0.0.
+    """
 
     def __init__(self, in_ch, out_ch, kernel_size, stride, expand_ratio,
                  drop_path: float = 0.0):
@@ -224,6 +266,19 @@ class EfficientNetLite(BaseModule):
                     p.requires_grad = False
 
     def train(self, mode: bool = True):
+        """Set the train/eval mode, keeping frozen parts and BN in eval.
+
+        As :meth:`torch.nn.Module.train`, then re-freezes the stages up to
+        ``frozen_stages`` (eval mode) and, when ``mode`` is True and
+        ``norm_eval`` is set, puts every BN layer in eval mode.
+
+        Args:
+            mode (bool): True for training mode, False for evaluation mode.
+                Defaults to True.
+
+        Returns:
+            EfficientNetLite: ``self``.
+        """
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -249,7 +304,18 @@ class EfficientNetLite(BaseModule):
         return tuple(outs)
 
     def forward_classifier(self, x):
-        """ImageNet logits (needs ``with_classifier=True``)."""
+        """ImageNet logits (needs ``with_classifier=True``).
+
+        Runs the stem, all blocks and the 1280-channel head, then global
+        average pooling and the ``_fc`` layer.
+
+        Args:
+            x (Tensor): Images (B, 3, H, W), RGB normalised as described in
+                the module docstring.
+
+        Returns:
+            Tensor: Logits of the 1000 ImageNet classes, (B, 1000).
+        """
         assert self.with_classifier, 'build with with_classifier=True'
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
@@ -282,7 +348,29 @@ class EfficientNetLite(BaseModule):
         self._is_init = True
 
     def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None):
-        """Load weights strictly; returns (missing_keys, unexpected_keys)."""
+        """Load weights strictly; returns (missing_keys, unexpected_keys).
+
+        ``_fc.*`` is dropped from the checkpoint unless built with
+        ``with_classifier``, the head (``_conv_head.*``, ``_bn1.*``) unless
+        it is built; any other missing or unexpected key raises.
+
+        Args:
+            checkpoint (str): ``'packaged://<name>'`` (see
+                :func:`locate_packaged_checkpoint`) or a path/URL that
+                mmengine's ``CheckpointLoader`` reads. A ``state_dict``
+                entry of the loaded dict is used when present.
+            prefix (str, optional): Keep only the keys starting with this
+                prefix (a trailing '.' is added if missing) and strip it.
+                Defaults to None.
+
+        Returns:
+            tuple[list[str], list[str]]: Missing and unexpected keys of
+            ``load_state_dict(strict=False)``; both are empty whenever
+            this returns, since a mismatch raises.
+
+        Raises:
+            RuntimeError: The checkpoint has missing or unexpected keys.
+        """
         if checkpoint.startswith(PACKAGED_PREFIX):
             path = locate_packaged_checkpoint(
                 checkpoint[len(PACKAGED_PREFIX):])

@@ -35,8 +35,26 @@ class ProposalEmbeddingHead(nn.Module):
     the tower. The margin branch sees the tower divided by
     ``margin_reduce_factor`` so that exp() starts in a tame range.
 
-    Output: (B, 2D, H, W) = [embedding conv output (D), log-margin (D)].
-    The spatial log-margins are multiplied by a per-level scale by the caller.
+    Output: [embedding conv output (D), log-margin (D)], returned by
+    :meth:`forward` as two (B, D, H, W) tensors, which the caller turns into
+    the (B, 2D, H, W) ``param_pred`` [embedding, margin = exp(log-margin)].
+    The spatial log-margins are multiplied by a per-level scale by the caller
+    (``margin_type='per_dim'`` only).
+
+    Args:
+        in_channels (int): Channels of the box (regression) tower.
+        embed_dim (int): D, the embedding size.
+        proposal_head (str): 'conv1_conv3' or 'conv3' (see above).
+        margin_type (str): 'per_dim' (a D-channel margin conv), 'scalar' (a
+            1-channel margin conv, expanded to D) or 'fixed' (no margin
+            conv: the log-margin is the constant
+            ``prior_margin_bias(prior_margin)``).
+        prior_margin (float): m, the distance at which p = 0.5 at init; sets
+            the margin conv's initial bias (or the fixed log-margin).
+        margin_reduce_factor (float): The margin branch sees the tower
+            divided by this.
+        channels (int): Width of the 1x1 reduce convs of 'conv1_conv3'
+            (unused by 'conv3'). Defaults to 128.
     """
 
     def __init__(self, in_channels: int, embed_dim: int, proposal_head: str,
@@ -82,7 +100,18 @@ class ProposalEmbeddingHead(nn.Module):
     def log_margin_conv(self, tower_feat: Tensor) -> Tensor:
         """The margin branch on tower / ``margin_reduce_factor``, with the
         division folded into the first conv's weight: a conv is linear, and
-        autograd would keep a divided copy of the tower for the backward."""
+        autograd would keep a divided copy of the tower for the backward.
+
+        Only for ``margin_type`` 'per_dim' or 'scalar' ('fixed' has no
+        margin convs).
+
+        Args:
+            tower_feat (Tensor): Box tower features (B, in_channels, H, W).
+
+        Returns:
+            Tensor: Raw log-margins (B, D, H, W) for 'per_dim', (B, 1, H, W)
+            for 'scalar'.
+        """
         convs = [m for m in (self.margin_reduce, self.margin_conv)
                  if isinstance(m, nn.Conv2d)]
         first = convs[0]
@@ -224,6 +253,37 @@ class EmbedMaskBboxHead(CondInstBboxHead):
     def forward_single(self, x: Tensor, scale: Scale, stride: int,
                        margin_scale: Optional[Scale] = None
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Forward features of a single scale level.
+
+        As ``CondInstBboxHead.forward_single`` (see there), except that all
+        four outputs are float32 even under autocast and ``param_pred``
+        comes from :class:`ProposalEmbeddingHead` (not CondInst's
+        ``controller``): the embedding conv output and the margin
+        s = exp(log-margin) (:func:`proposal_margin`), the spatial
+        log-margins first multiplied by ``margin_scale`` with
+        ``margin_type='per_dim'``.
+
+        Args:
+            x (Tensor): Neck features of this level, (B, C, H, W).
+            scale (:obj:`mmcv.cnn.Scale`): Learnable scale of the bbox
+                prediction.
+            stride (int): Stride of this level; with ``norm_on_bbox`` the
+                bbox prediction is multiplied by it at test time.
+            margin_scale (:obj:`mmcv.cnn.Scale`, optional): Learnable
+                scale of this level's spatial log-margins ('per_dim' only).
+                Defaults to None.
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor, Tensor]: float32 tensors:
+
+            - cls_score (Tensor): Class logits (B, num_classes, H, W).
+            - bbox_pred (Tensor): Distances (l, t, r, b), (B, 4, H, W); in
+              stride units during training with ``norm_on_bbox``, else in
+              pixels.
+            - centerness (Tensor): Centerness logits (B, 1, H, W).
+            - param_pred (Tensor): (B, 2D, H, W), [embedding conv output
+              (D), margin s > 0 (D)].
+        """
         cls_score, bbox_pred, cls_feat, reg_feat = \
             super(FCOSHead, self).forward_single(x)
         centerness = self.conv_centerness(
@@ -251,6 +311,34 @@ class EmbedMaskBboxHead(CondInstBboxHead):
                      batch_gt_instances: InstanceList,
                      batch_img_metas: List[dict],
                      batch_gt_instances_ignore=None) -> Dict[str, Tensor]:
+        """Calculate the FCOS losses, as ``CondInstBboxHead.loss_by_feat``.
+
+        Same losses as the parent (see there), with the targets of this
+        head's :meth:`_get_targets_single` (``center_sample_on``,
+        ``sample_in_mask``). Also keeps ``bbox_preds`` for
+        :meth:`get_positive_infos`, whose predicted boxes the mask head's
+        'best_iou_per_gt' sampling uses.
+
+        Args:
+            cls_scores (list[Tensor]): Class logits of each level,
+                (B, num_classes, H, W).
+            bbox_preds (list[Tensor]): Box distances of each level,
+                (B, 4, H, W).
+            centernesses (list[Tensor]): Centerness logits of each level,
+                (B, 1, H, W).
+            param_preds (list[Tensor]): Embedding and margin of each level,
+                (B, 2D, H, W).
+            batch_gt_instances (list[:obj:`InstanceData`]): Gt instances of
+                each image with ``bboxes``, ``labels`` and (for mask
+                centroids or ``sample_in_mask``) ``masks``.
+            batch_img_metas (list[dict]): Meta information of each image.
+            batch_gt_instances_ignore (list[:obj:`InstanceData`],
+                optional): Passed on to the parent. Defaults to None.
+
+        Returns:
+            dict[str, Tensor]: ``loss_cls``, ``loss_bbox`` and
+            ``loss_centerness``.
+        """
         losses = super().loss_by_feat(cls_scores, bbox_preds, centernesses,
                                       param_preds, batch_gt_instances,
                                       batch_img_metas,
@@ -368,7 +456,27 @@ class EmbedMaskBboxHead(CondInstBboxHead):
     def get_positive_infos(self) -> InstanceList:
         """Positives of each image with ``embeddings``, ``margins``,
         ``points``, ``strides``, detached predicted ``bboxes``, scores,
-        centernesses and ``pos_assigned_gt_inds``."""
+        centernesses and ``pos_assigned_gt_inds``.
+
+        As ``CondInstBboxHead.get_positive_infos`` (see there; valid after
+        :meth:`loss_by_feat`), with ``param_preds`` split into
+        ``embeddings`` and ``margins`` and the predicted boxes added.
+
+        Returns:
+            list[:obj:`InstanceData`]: Per image, for its P positives:
+
+            - points (Tensor): (x, y) of the FCOS locations, (P, 2).
+            - strides (Tensor): Their level strides, (P,).
+            - scores (Tensor): Class logits, (P, num_classes).
+            - centernesses (Tensor): Centerness logits, (P, 1).
+            - embeddings (Tensor): Embedding conv outputs, (P, D).
+            - margins (Tensor): Margins s, (P, D).
+            - pos_assigned_gt_inds (Tensor): Index of each one's gt, (P,).
+            - pos_inds (Tensor): Index among the image's locations of all
+              levels, (P,).
+            - bboxes (Tensor): Predicted boxes (x1, y1, x2, y2) in input
+              pixels, detached, (P, 4).
+        """
         positive_infos = super().get_positive_infos()
         num_imgs = len(positive_infos)
         bbox_preds = torch.cat([

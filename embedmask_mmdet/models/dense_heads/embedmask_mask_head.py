@@ -208,7 +208,19 @@ class EmbedMaskMaskHead(BaseMaskHead):
 
     # ------------------------------------------------------------------ forward
     def pixel_embedding(self, x: Tuple[Tensor]) -> Tensor:
-        """Pixel embeddings x_i, (B, D, H, W) at ``self.prob_stride``."""
+        """Pixel embeddings x_i, (B, D, H, W) at ``self.prob_stride``.
+
+        The pixel branch's output (bilinearly upsampled x2 with
+        ``upsample_embedding``) with the cell centres' image coordinates
+        added to the 2 spatial channels (see :func:`spatial_embedding`).
+
+        Args:
+            x (tuple[Tensor]): Neck outputs, each (B, C, H_l, W_l).
+
+        Returns:
+            Tensor: Pixel embeddings (B, D, H, W), float32 even under
+            autocast, at ``self.prob_stride`` of the padded input.
+        """
         # float32 under autocast: image coordinates (up to ~1300 / 100) in
         # bf16 would be ~0.05, i.e. 5 pixels, off
         embed = self.pixel_branch(x).float()
@@ -226,7 +238,17 @@ class EmbedMaskMaskHead(BaseMaskHead):
 
     def proposal_embedding(self, instances: InstanceData) -> Tensor:
         """Proposal embeddings q_k, (N, D): the box head's conv output with the
-        FCOS location's coordinates added to the spatial channels."""
+        FCOS location's coordinates added to the spatial channels.
+
+        Args:
+            instances (:obj:`InstanceData`): Positives or detections of one
+                image with ``embeddings`` (N, D), the box head's embedding
+                conv output, and ``points`` (N, 2), the (x, y) image
+                coordinates of their FCOS locations.
+
+        Returns:
+            Tensor: Proposal embeddings q, (N, D).
+        """
         embed = instances.embeddings
         return torch.cat([
             spatial_embedding(embed[:, :2], instances.points, self.coord_scale,
@@ -246,7 +268,22 @@ class EmbedMaskMaskHead(BaseMaskHead):
 
     def mask_prob_at_out_stride(self, pixel_embed: Tensor,
                                 instances: InstanceData) -> Tensor:
-        """p of ``instances`` on one image at ``mask_out_stride``, (N, h, w)."""
+        """p of ``instances`` on one image at ``mask_out_stride``, (N, h, w).
+
+        p is computed at ``self.prob_stride`` and upsampled by the integer
+        factor ``prob_stride // mask_out_stride`` per ``self.alignment``
+        (see :func:`upsample_prob`).
+
+        Args:
+            pixel_embed (Tensor): Pixel embeddings of one image, (D, H, W),
+                at ``self.prob_stride`` (from :meth:`pixel_embedding`).
+            instances (:obj:`InstanceData`): Proposals with ``embeddings``
+                (N, D), ``points`` (N, 2) and ``margins`` (N, D).
+
+        Returns:
+            Tensor: Mask probabilities in [0, 1], (N, h, w) with
+            (h, w) = (H, W) x ``prob_stride // mask_out_stride``.
+        """
         prob = mask_probability(pixel_embed, self.proposal_embedding(instances),
                                 instances.margins)
         return upsample_prob(prob, self.prob_stride // self.mask_out_stride,
@@ -255,7 +292,26 @@ class EmbedMaskMaskHead(BaseMaskHead):
     # --------------------------------------------------------------------- loss
     def sample_positives(self, positive_infos: InstanceList,
                          batch_gt_instances: InstanceList) -> InstanceList:
-        """Positives whose masks are trained, per ``self.sampling``."""
+        """Positives whose masks are trained, per ``self.sampling``.
+
+        'all_positives' keeps every positive; 'best_iou_per_gt' keeps, per
+        gt, the positive whose predicted box has the highest IoU with that
+        gt's box (the first such positive on ties). Then, if the batch still
+        holds more than ``max_masks_to_train`` (>= 0) positives, that many
+        are drawn at random over the whole batch.
+
+        Args:
+            positive_infos (list[:obj:`InstanceData`]): Positives of each
+                image from :meth:`EmbedMaskBboxHead.get_positive_infos`;
+                uses ``pos_assigned_gt_inds``, ``bboxes`` (for
+                'best_iou_per_gt') and ``pos_inds``.
+            batch_gt_instances (list[:obj:`InstanceData`]): Gt instances of
+                each image; ``bboxes`` is used by 'best_iou_per_gt'.
+
+        Returns:
+            list[:obj:`InstanceData`]: The kept positives of each image (a
+            subset of that image's ``positive_infos``, possibly empty).
+        """
         sampled = []
         for info, gt in zip(positive_infos, batch_gt_instances):
             if self.sampling == 'best_iou_per_gt' and len(info) > 0:
@@ -286,7 +342,38 @@ class EmbedMaskMaskHead(BaseMaskHead):
                      batch_img_metas: List[dict], positive_infos: InstanceList,
                      **kwargs) -> dict:
         """Mask loss on the masks of the sampled positives (mean over
-        instances) and, optionally, the semantic loss."""
+        instances, or per image with ``loss_mask_norm='images'``, see
+        :meth:`mask_loss`) and, optionally, the semantic loss.
+
+        Called by :meth:`BaseMaskHead.loss`, which pads the gt masks to
+        ``batch_input_shape``. Unlike mmdet's ``CondInstMaskHead`` (dice
+        loss on dynamic-conv mask logits), the positives are first sampled
+        (:meth:`sample_positives`) and the loss is ``loss_mask`` on
+        logit(p) at ``mask_out_stride`` against the gt masks' cell targets
+        (:func:`cell_targets`), both cropped to their common size. With no
+        sampled positive in the batch the mask loss is an exact zero that
+        still reaches every parameter.
+
+        Args:
+            pixel_embeds (Tensor): Pixel embeddings (B, D, H, W) from
+                :meth:`forward`.
+            sem_logits (Tensor, optional): Semantic logits
+                (B, num_classes, h_s, w_s) at ``semantic_stride``, or None
+                (no semantic loss).
+            batch_gt_instances (list[:obj:`InstanceData`]): Gt instances of
+                each image with ``masks``, ``labels`` and ``bboxes``.
+            batch_img_metas (list[dict]): Meta information of each image
+                (unused).
+            positive_infos (list[:obj:`InstanceData`]): Positives of each
+                image from :meth:`EmbedMaskBboxHead.get_positive_infos`
+                (``embeddings``, ``margins``, ``points``, ``bboxes``,
+                ``pos_assigned_gt_inds``, ``pos_inds``); must not be None.
+            **kwargs: Ignored (e.g. ``batch_gt_instances_ignore``).
+
+        Returns:
+            dict[str, Tensor]: ``loss_mask`` and, when ``sem_logits`` is
+            given, ``loss_semantic``; scalar tensors.
+        """
         assert positive_infos is not None, \
             'EmbedMaskMaskHead needs the positives of the box head'
         sampled = self.sample_positives(positive_infos, batch_gt_instances)
@@ -325,7 +412,20 @@ class EmbedMaskMaskHead(BaseMaskHead):
                   num_imgs: int) -> Tensor:
         """``loss_mask`` on (M, h, w) logits and targets per
         ``loss_mask_norm``: mean over the M masks, or Σ_img mean_img / B with
-        ``weights`` (M,) = 1 / (masks of the mask's image)."""
+        ``weights`` (M,) = 1 / (masks of the mask's image).
+
+        Args:
+            logits (Tensor): Mask logits of the M trained masks, (M, h, w),
+                float32.
+            targets (Tensor): Binary targets as floats, (M, h, w).
+            weights (Tensor): Per-mask weights (M,), 1 / (number of trained
+                masks of the mask's image); used only with 'images'.
+            num_imgs (int): B, the number of images in the batch, empty
+                ones included; used only with 'images'.
+
+        Returns:
+            Tensor: The mask loss, a scalar.
+        """
         if self.loss_mask_norm == 'instances':
             return self.loss_mask(logits, targets)
         return self.loss_mask(logits, targets, weight=weights,
@@ -335,7 +435,21 @@ class EmbedMaskMaskHead(BaseMaskHead):
     def semantic_targets(self, batch_gt_instances: InstanceList,
                          stride: int, size: Tuple[int, int]) -> Tensor:
         """Class of the smallest gt covering each cell centre, ``num_classes``
-        for background; (B, h, w)."""
+        for background; (B, h, w).
+
+        A cell is covered by a gt when its :func:`cell_targets` target (per
+        ``self.alignment``) is set; "smallest" is by the mask's area in
+        pixels. Cells beyond the gt masks' cells stay background.
+
+        Args:
+            batch_gt_instances (list[:obj:`InstanceData`]): Gt instances of
+                each image with ``masks`` and ``labels``.
+            stride (int): Stride of the cells.
+            size (tuple[int, int]): (h, w), the size of the target maps.
+
+        Returns:
+            Tensor: Class targets (B, h, w), of ``gt.labels``' dtype.
+        """
         targets = []
         for gt in batch_gt_instances:
             full = gt.masks.to_tensor(dtype=torch.bool,
@@ -359,7 +473,19 @@ class EmbedMaskMaskHead(BaseMaskHead):
     def semantic_loss(self, sem_logits: Tensor,
                       batch_gt_instances: InstanceList) -> Tensor:
         """Focal loss of the auxiliary per-pixel classification at
-        ``semantic_stride``."""
+        ``semantic_stride``.
+
+        Targets come from :meth:`semantic_targets`; the loss is averaged
+        over the number of foreground cells in the batch (at least 1).
+
+        Args:
+            sem_logits (Tensor): Semantic logits (B, num_classes, h, w).
+            batch_gt_instances (list[:obj:`InstanceData`]): Gt instances of
+                each image with ``masks`` and ``labels``.
+
+        Returns:
+            Tensor: The semantic loss (``loss_semantic``), a scalar.
+        """
         b, c, h, w = sem_logits.shape
         stride = self.semantic_stride
         targets = self.semantic_targets(batch_gt_instances, stride, (h, w))
@@ -375,7 +501,40 @@ class EmbedMaskMaskHead(BaseMaskHead):
                         batch_img_metas: List[dict], rescale: bool = True,
                         **kwargs) -> InstanceList:
         """Adds boolean ``masks`` at ``ori_shape`` (``img_shape`` when not
-        rescaling) to each image's detections, rescaling their boxes."""
+        rescaling) to each image's detections, rescaling their boxes.
+
+        Called by :meth:`BaseMaskHead.predict`. Unlike mmdet's
+        ``CondInstMaskHead``, masks are p > ``test_cfg.mask_thr`` of the
+        detections' embeddings and margins: with ``alignment='adelaidet'``
+        p at ``mask_out_stride`` is placed by
+        :func:`paste_masks_aligned_bilinear`; otherwise, with
+        ``test_cfg.mask_resample='prob'`` (default) p at ``prob_stride``
+        is resampled by :func:`paste_masks`, and with 'embedding' p is
+        evaluated at every output pixel on embeddings from
+        :meth:`pixel_embedding_at`. ``test_cfg.crop_to_box`` clears pixels
+        farther than ``crop_padding`` x ``mask_out_stride`` (scaled to the
+        output) outside the box. Boxes are scaled from ``img_shape`` to
+        the output size and clipped to it.
+
+        Args:
+            pixel_embeds (Tensor): Pixel embeddings (B, D, H, W) from
+                :meth:`forward`.
+            sem_logits (Tensor, optional): Unused (None at test time).
+            results_list (list[:obj:`InstanceData`]): Detections of each
+                image from the box head, in ``img_shape`` coordinates, with
+                ``bboxes``, ``embeddings``, ``margins`` and ``points``.
+            batch_img_metas (list[dict]): Meta information of each image;
+                ``img_shape`` and ``ori_shape`` are used.
+            rescale (bool): Masks and boxes at ``ori_shape`` if True, else
+                at ``img_shape``. Defaults to True.
+            **kwargs: Ignored.
+
+        Returns:
+            list[:obj:`InstanceData`]: Per image, a copy of the detections
+            with rescaled ``bboxes`` and ``masks`` (N, out_h, out_w) bool;
+            an image without detections gets its (empty) results with
+            empty ``masks`` of the output size.
+        """
         assert len(pixel_embeds) == len(results_list) == len(batch_img_metas)
         cfg = self.test_cfg or {}
         outputs = []
@@ -446,7 +605,22 @@ class EmbedMaskMaskHead(BaseMaskHead):
                            out_shape: Tuple[int, int]) -> Tensor:
         """Pixel embeddings (D, out_h, out_w) at the pixels of an
         ``out_shape`` image covering ``img_shape`` of the input: the conv part
-        resampled bilinearly, the coordinates those of each output pixel."""
+        resampled bilinearly, the coordinates those of each output pixel.
+
+        The output pixel centres' coordinates are mapped to input
+        coordinates (scale ``img_shape / out_shape``) before being added.
+
+        Args:
+            pixel_embed (Tensor): Pixel embeddings of one image, (D, H, W),
+                at ``self.prob_stride`` (from :meth:`pixel_embedding`,
+                coordinates included).
+            img_shape (tuple[int, int]): (img_h, img_w), the un-padded
+                input size the output covers.
+            out_shape (tuple[int, int]): (out_h, out_w), the output size.
+
+        Returns:
+            Tensor: Pixel embeddings (D, out_h, out_w).
+        """
         cell_coords = location_map(*pixel_embed.shape[-2:], self.prob_stride,
                                    pixel_embed.device, pixel_embed.dtype)
         conv = torch.cat([

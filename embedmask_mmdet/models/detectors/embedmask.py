@@ -62,13 +62,47 @@ class EmbedMask(SingleStageInstanceSegmentor):
                 f'mask_head.embed_dim ({mask_dim}) must be equal')
 
     def extract_feat(self, batch_inputs):
+        """Extract features, as ``SingleStageInstanceSegmentor``.
+
+        The only difference from the parent: with ``channels_last=True`` the
+        images are first made contiguous in NHWC memory layout.
+
+        Args:
+            batch_inputs (Tensor): Images (N, C, H, W).
+
+        Returns:
+            tuple[Tensor]: Multi-level features of the backbone (and neck),
+            each (N, C_l, H_l, W_l).
+        """
         if self.channels_last:
             batch_inputs = batch_inputs.contiguous(
                 memory_format=torch.channels_last)
         return super().extract_feat(batch_inputs)
 
     def loss(self, batch_inputs, batch_data_samples) -> dict:
-        """mmdet's losses, checked for NaN/inf per ``nonfinite_loss``."""
+        """mmdet's losses, checked for NaN/inf per ``nonfinite_loss``.
+
+        Runs ``SingleStageInstanceSegmentor.loss`` (see there), then checks
+        every entry whose key contains 'loss'. If one is not finite, the
+        BatchNorm running statistics are restored to their values before
+        the forward pass and, with 'raise', ``FloatingPointError`` is
+        raised; with 'warn', a warning is issued and each such entry is
+        replaced by one zero scalar that reaches every trainable parameter.
+
+        Args:
+            batch_inputs (Tensor): Images (N, C, H, W).
+            batch_data_samples (list[:obj:`DetDataSample`]): The batch data
+                samples, with ``gt_instances`` (``bboxes``, ``labels``,
+                ``masks``) and meta information.
+
+        Returns:
+            dict[str, Tensor]: The loss components of both heads (zeroed as
+            above after a non-finite loss with 'warn').
+
+        Raises:
+            FloatingPointError: A loss term is NaN/inf and
+                ``nonfinite_loss='raise'``.
+        """
         # the forward pass updates BN running stats before the check
         stats = [b for m in self.modules()
                  if isinstance(m, nn.modules.batchnorm._NormBase)

@@ -18,6 +18,15 @@ def prior_margin_bias(prior_margin: float) -> float:
     """Bias of the margin conv so that p = 0.5 at distance m at init.
 
     exp(-s m^2) = 0.5  =>  s = ln2 / m^2,  bias = log(ln2 / m^2).
+
+    Args:
+        prior_margin (float): m, the distance at which p = 0.5; > 0.
+
+    Returns:
+        float: log(ln2 / m^2), the log-margin giving that s.
+
+    Raises:
+        ValueError: ``prior_margin`` is not > 0.
     """
     if prior_margin <= 0:
         raise ValueError(f'prior_margin must be > 0, got {prior_margin}')
@@ -46,8 +55,17 @@ def location_map(height: int, width: int, stride, device=None,
     puts the FCOS location, so proposals and pixels share one convention.
     ``stride`` may be a (stride_y, stride_x) pair of floats (a resized grid).
 
+    Args:
+        height (int): Rows of the map.
+        width (int): Columns of the map.
+        stride (int | float | tuple): s, or (stride_y, stride_x).
+        device (torch.device, optional): Device of the output. Defaults to
+            None.
+        dtype (torch.dtype): dtype of the output. Defaults to
+            ``torch.float32``.
+
     Returns:
-        Tensor: (2, height, width).
+        Tensor: (2, height, width), channel 0 x and channel 1 y.
     """
     stride_y, stride_x = stride if isinstance(stride, (tuple, list)) \
         else (stride, stride)
@@ -68,6 +86,11 @@ def spatial_embedding(conv_out: Tensor, coords: Tensor, coord_scale=1.,
         coords (Tensor): image coordinates, broadcastable to ``conv_out``.
         coord_scale (float | Tensor): 1, 0 (no coordinates) or the learnable
             scalar of the FCOS-repo design.
+        coord_norm (float): Divisor of the coordinates. Defaults to 100.
+
+    Returns:
+        Tensor: ``conv_out`` + ``coords`` x coord_scale / coord_norm, of
+        the broadcast shape of ``conv_out`` and ``coords``.
     """
     return conv_out + coords * (coord_scale / coord_norm)
 

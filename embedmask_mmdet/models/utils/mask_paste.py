@@ -41,7 +41,22 @@ def _pad_cells(maps: Tensor, h: int, w: int) -> Tensor:
 def resample_to_output(maps: Tensor, stride: int, img_shape: Tuple[int, int],
                        out_shape: Tuple[int, int]) -> Tensor:
     """Bilinearly resamples (C, h, w) maps of the padded input at stride
-    ``stride`` to (C, out_h, out_w) covering the un-padded ``img_shape``."""
+    ``stride`` to (C, out_h, out_w) covering the un-padded ``img_shape``.
+
+    Only the cells covering ``img_shape`` (plus one for the bilinear
+    neighbour) are used; the scale stride x out / img is set explicitly
+    (``align_corners=False``) so output pixel centres map onto cell centres.
+
+    Args:
+        maps (Tensor): Maps (C, h, w) at ``stride`` of the padded input.
+        stride (int): Stride of the maps.
+        img_shape (tuple[int, int]): (img_h, img_w), the un-padded input
+            size the output covers.
+        out_shape (tuple[int, int]): (out_h, out_w), the output size.
+
+    Returns:
+        Tensor: Resampled maps (C, out_h, out_w).
+    """
     h, w, scale = _cells_and_scale(stride, img_shape, out_shape,
                                    maps.size(1), maps.size(2))
     return F.interpolate(
@@ -52,7 +67,20 @@ def resample_to_output(maps: Tensor, stride: int, img_shape: Tuple[int, int],
 
 def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
     """Clears (in place) mask pixels farther than ``padding`` outside their
-    box; masks (N, H, W) bool, boxes (N, 4) in the masks' coordinates."""
+    box; masks (N, H, W) bool, boxes (N, 4) in the masks' coordinates.
+
+    A pixel (i, j) is kept when its centre (j + 0.5, i + 0.5) lies in
+    [x1 - padding, x2 + padding] x [y1 - padding, y2 + padding].
+
+    Args:
+        masks (Tensor): Masks (N, H, W) bool, modified in place.
+        boxes (Tensor): Boxes (N, 4) as (x1, y1, x2, y2) in pixels of the
+            masks.
+        padding (float): Margin around each box, in pixels.
+
+    Returns:
+        Tensor: ``masks`` itself, (N, H, W) bool.
+    """
     ys = torch.arange(masks.size(1), device=masks.device) + 0.5
     xs = torch.arange(masks.size(2), device=masks.device) + 0.5
     b = boxes[:, :, None]
@@ -192,6 +220,24 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     image takes the whole-image path. On a GPU the whole-image kernel is
     faster than a loop over detections.
 
+    Args:
+        prob (Tensor): Mask probabilities (N, h, w) at ``stride`` of the
+            padded input.
+        stride (int): Stride of ``prob``.
+        img_shape (tuple[int, int]): (img_h, img_w), the un-padded input
+            size the output covers.
+        out_shape (tuple[int, int]): (out_h, out_w), the output size.
+        threshold (float): A pixel is foreground when its resampled p is
+            greater than this.
+        boxes (Tensor, optional): Boxes (N, 4) (x1, y1, x2, y2) in output
+            coordinates to crop to. Defaults to None (no crop).
+        box_padding (float): Margin around the boxes, in output pixels.
+            Defaults to 0.
+        max_elements (int): Floats resampled per chunk of detections.
+            Defaults to ``MAX_PASTE_ELEMENTS``.
+        regions (bool, optional): Use the per-detection region path; None:
+            on CPU only. Defaults to None.
+
     Returns:
         Tensor: (N, out_h, out_w) bool.
     """
@@ -282,6 +328,26 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
     The pipeline is separable and linear: m = W_y P W_x^T with per-axis
     weights from the same ops, evaluated per detection only on the output
     rectangle its above-threshold cells reach (elsewhere m <= threshold).
+
+    Args:
+        prob (Tensor): Mask probabilities (N, h, w) at ``stride`` of the
+            padded input.
+        stride (int): Stride of ``prob`` (the ``aligned_bilinear``
+            factor).
+        img_shape (tuple[int, int]): (img_h, img_w), the un-padded input
+            size to crop to.
+        out_shape (tuple[int, int]): (out_h, out_w), the output size.
+        threshold (float): A pixel is foreground when its resampled p is
+            greater than this.
+        boxes (Tensor, optional): Boxes (N, 4) (x1, y1, x2, y2) in output
+            coordinates to crop to. Defaults to None (no crop).
+        box_padding (float): Margin around the boxes, in output pixels.
+            Defaults to 0.
+        max_elements (int): Mask pixels per chunk of the box crop.
+            Defaults to ``MAX_PASTE_ELEMENTS``.
+
+    Returns:
+        Tensor: (N, out_h, out_w) bool.
     """
     num, h, w = prob.shape
     masks = prob.new_zeros((num, *out_shape), dtype=torch.bool)

@@ -28,6 +28,17 @@ def cell_targets(masks: Tensor, stride: int, alignment: str = 'centre'
     'centre': t_k = [ mean of the s x s block centred at (k + 0.5) s >= 1/2 ];
     ties go to the object on both sides alike, so no direction is favoured.
     'adelaidet': t_k = mask[s k + s // 2].
+
+    Args:
+        masks (Tensor): Gt masks (G, H, W), bool or 0/1 integers.
+        stride (int): s, the stride of the cells; 1 returns ``masks`` as
+            bool.
+        alignment (str): 'centre' or 'adelaidet'. Defaults to 'centre'.
+
+    Returns:
+        Tensor: (G, h, w) bool. 'centre': (h, w) = ceil((H, W) / s), pixels
+        beyond the image counting as background; 'adelaidet': the
+        sub-sampled pixels, ceil(((H, W) - s // 2) / s) of them.
     """
     if stride == 1:
         return masks.bool()
@@ -46,7 +57,19 @@ def cell_targets(masks: Tensor, stride: int, alignment: str = 'centre'
 def upsample_prob(prob: Tensor, factor: int, alignment: str = 'centre'
                   ) -> Tensor:
     """p of (N, h, w) cells at stride s -> (N, factor h, factor w) at s /
-    factor, keeping each cell where ``alignment`` puts it."""
+    factor, keeping each cell where ``alignment`` puts it.
+
+    'centre': bilinear with ``align_corners=False``; 'adelaidet': mmdet's
+    ``aligned_bilinear``.
+
+    Args:
+        prob (Tensor): Probabilities (N, h, w) at stride s.
+        factor (int): Integer upsampling factor; 1 returns ``prob``.
+        alignment (str): 'centre' or 'adelaidet'. Defaults to 'centre'.
+
+    Returns:
+        Tensor: Upsampled probabilities (N, factor h, factor w).
+    """
     if factor == 1:
         return prob
     if alignment == 'adelaidet':

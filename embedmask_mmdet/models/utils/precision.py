@@ -9,7 +9,15 @@ from torch import Tensor
 
 
 def autocast_off(like: Tensor):
-    """A context with autocast disabled on ``like``'s device."""
+    """A context with autocast disabled on ``like``'s device.
+
+    Args:
+        like (Tensor): Any tensor on the device (type) concerned.
+
+    Returns:
+        torch.autocast: A context manager, ``torch.autocast(device_type,
+        enabled=False)`` for ``like.device.type``.
+    """
     return torch.autocast(like.device.type, enabled=False)
 
 
