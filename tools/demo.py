@@ -29,7 +29,7 @@ from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
 from embedmask_mmdet.apis import amp_dtype, use_channels_last
-from embedmask_mmdet.utils import IMG_EXTENSIONS, UnreadableImage, read_image
+from embedmask_mmdet.utils import UnreadableImage, list_images, read_image
 
 
 def parse_args(argv=None):
@@ -50,25 +50,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def list_images(inputs: str, limit: int = 0):
-    if osp.isdir(inputs):
-        files = sorted(f for f in os.listdir(inputs)
-                       if f.lower().endswith(IMG_EXTENSIONS))
-        if not files:
-            sys.exit(f'error: no images ({", ".join(IMG_EXTENSIONS)}) in {inputs!r}')
-        files = [osp.join(inputs, f) for f in files]
-        return files[:limit] if limit > 0 else files
-    if not osp.isfile(inputs):
-        sys.exit(f'error: input {inputs!r} is neither an image file nor a folder')
-    return [inputs]
-
-
 def main(argv=None):
     args = parse_args(argv)
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(path):
             sys.exit(f'error: {what} file {path!r} not found')
-    images = list_images(args.inputs, args.limit)
+    try:
+        images = list_images(args.inputs, args.limit)
+    except ValueError as e:
+        sys.exit(f'error: {e}')
     model = init_detector(args.config, args.checkpoint, device=args.device)
     if args.channels_last:
         use_channels_last(model)

@@ -18,7 +18,7 @@ from mmdet.registry import VISUALIZERS
 from mmdet.utils import register_all_modules
 
 from embedmask_mmdet.deploy import EmbedMaskONNXModel
-from embedmask_mmdet.utils import IMG_EXTENSIONS
+from embedmask_mmdet.utils import list_images
 
 
 def parse_args(argv=None):
@@ -35,25 +35,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def list_images(inputs: str, limit: int = 0):
-    if osp.isdir(inputs):
-        files = sorted(osp.join(inputs, f) for f in os.listdir(inputs)
-                       if f.lower().endswith(IMG_EXTENSIONS))
-        if not files:
-            sys.exit(f'error: no images ({", ".join(IMG_EXTENSIONS)}) in '
-                     f'{inputs!r}')
-        return files[:limit] if limit > 0 else files
-    if not osp.isfile(inputs):
-        sys.exit(f'error: input {inputs!r} is neither an image file nor a '
-                 'folder')
-    return [inputs]
-
-
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.model):
         sys.exit(f'error: model file {args.model!r} not found')
-    images = list_images(args.inputs, args.limit)
+    try:
+        images = list_images(args.inputs, args.limit)
+    except ValueError as e:
+        sys.exit(f'error: {e}')
     register_all_modules()
     model = EmbedMaskONNXModel(args.model, args.backend,
                                precision=args.precision)
