@@ -2,12 +2,18 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
         [--show-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
-        [--amp] [--channels-last]
+        [--amp] [--channels-last] [--tta]
 
 ``--amp`` tests under autocast (mmengine's TestLoop(fp16=True): bf16 on a
 CPU, fp16 on a GPU); ``--channels-last`` keeps images and conv weights NHWC
 (EmbedMask configs). Both are the fast CPU inference switches; mask
 probabilities stay float32, so masks agree with fp32.
+
+``--tta`` tests with test-time augmentation as mmdet's tools/test.py does:
+the config's ``tta_model`` and ``tta_pipeline`` (EmbedMask configs ship
+them: EmbedMaskTTAModel, flips and scales); without them, EmbedMask models
+get EmbedMaskTTAModel (masks merged too) and other models mmdet's
+DetTTAModel, over a horizontal flip of the test pipeline.
 
 The metrics are also written to WORK_DIR/test_metrics.json.
 """
@@ -16,10 +22,12 @@ import json
 import os
 import os.path as osp
 import sys
+import warnings
+from copy import deepcopy
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
-from mmengine.config import DictAction
+from mmengine.config import ConfigDict, DictAction
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -46,12 +54,45 @@ def parse_args(argv=None):
                         help='autocast: bf16 on a CPU, fp16 on a GPU')
     parser.add_argument('--channels-last', action='store_true',
                         help='NHWC images and conv weights (EmbedMask)')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (the config\'s '
+                        'tta_model / tta_pipeline, else a flip)')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+def use_tta(cfg):
+    """Wraps ``cfg.model`` in its ``tta_model`` and feeds the test loader
+    the ``tta_pipeline`` (defaults as in mmdet's tools/test.py, with
+    EmbedMaskTTAModel for EmbedMask)."""
+    if 'tta_model' not in cfg:
+        if cfg.model.get('type') == 'EmbedMask':
+            cfg.tta_model = dict(type='EmbedMaskTTAModel')
+        else:
+            cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(
+                nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        warnings.warn(f'--tta: no tta_model in the config; using '
+                      f'{cfg.tta_model["type"]}')
+    if 'tta_pipeline' not in cfg:
+        warnings.warn('--tta: no tta_pipeline in the config; using the test '
+                      'pipeline with a horizontal flip')
+        data_cfg = cfg.test_dataloader.dataset
+        while 'dataset' in data_cfg:
+            data_cfg = data_cfg['dataset']
+        cfg.tta_pipeline = deepcopy(data_cfg.pipeline)
+        cfg.tta_pipeline[-1] = dict(type='TestTimeAug', transforms=[
+            [dict(type='RandomFlip', prob=1.),
+             dict(type='RandomFlip', prob=0.)],
+            [dict(type='PackDetInputs', meta_keys=(
+                'img_id', 'img_path', 'ori_shape', 'img_shape',
+                'scale_factor', 'flip', 'flip_direction'))]])
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    return cfg
 
 
 def main(argv=None):
@@ -73,6 +114,8 @@ def main(argv=None):
         cfg.model.channels_last = True
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        cfg = use_tta(cfg)
     setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)

@@ -88,3 +88,19 @@ default_hooks = dict(
 env_cfg = dict(dist_cfg=dict(timeout=600))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False, base_batch_size=4)
+
+# test-time augmentation (tools/test.py --tta, ours or mmdet's): each of
+# three scales, the test scale and two larger ones (the shapes are small),
+# with and without a horizontal flip; boxes merged by NMS, masks by averaging
+# each detection's matched p over the views (EmbedMaskTTAModel)
+tta_model = dict(type='EmbedMaskTTAModel')
+tta_scales = [(320, 320), (416, 416), (512, 512)]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=s, keep_ratio=True) for s in tta_scales],
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+        [dict(type='PackDetInputs',
+              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                         'scale_factor', 'flip', 'flip_direction'))]])
+]

@@ -8,7 +8,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmdet.models.dense_heads.base_mask_head import BaseMaskHead
-from mmdet.models.utils.misc import empty_instances
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps
 from mmdet.utils import ConfigType, InstanceList, OptConfigType
@@ -17,10 +16,8 @@ from torch import Tensor
 
 from ..utils import (check_choice, check_embed_dim, location_map,
                      mask_logit, mask_probability, spatial_embedding)
-from ..utils.mask_paste import (MAX_PASTE_ELEMENTS, crop_masks_to_boxes,
-                                paste_masks, paste_masks_aligned_bilinear,
-                                resample_to_output)
 from ..utils.mask_targets import ALIGNMENTS, cell_targets, upsample_prob
+from .embedmask_mask_predict import EmbedMaskMaskPredictMixin
 from .pixel_branch import PIXEL_BRANCHES, EmbedMaskPixelBranch
 
 __all__ = ['EmbedMaskMaskHead']
@@ -35,7 +32,7 @@ MASK_RESAMPLES = ('prob', 'embedding')
 
 
 @MODELS.register_module()
-class EmbedMaskMaskHead(BaseMaskHead):
+class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
     """Pixel-embedding branch and mask generation of EmbedMask.
 
     The mask of proposal k is {i : p_ik > mask_thr} with
@@ -494,146 +491,3 @@ class EmbedMaskMaskHead(BaseMaskHead):
         return self.loss_semantic(
             sem_logits.permute(0, 2, 3, 1).reshape(-1, c), targets,
             avg_factor=num_pos)
-
-    # ------------------------------------------------------------------ predict
-    def predict_by_feat(self, pixel_embeds: Tensor, sem_logits: Optional[Tensor],
-                        results_list: InstanceList,
-                        batch_img_metas: List[dict], rescale: bool = True,
-                        **kwargs) -> InstanceList:
-        """Adds boolean ``masks`` at ``ori_shape`` (``img_shape`` when not
-        rescaling) to each image's detections, rescaling their boxes.
-
-        Called by :meth:`BaseMaskHead.predict`. Unlike mmdet's
-        ``CondInstMaskHead``, masks are p > ``test_cfg.mask_thr`` of the
-        detections' embeddings and margins: with ``alignment='adelaidet'``
-        p at ``mask_out_stride`` is placed by
-        :func:`paste_masks_aligned_bilinear`; otherwise, with
-        ``test_cfg.mask_resample='prob'`` (default) p at ``prob_stride``
-        is resampled by :func:`paste_masks`, and with 'embedding' p is
-        evaluated at every output pixel on embeddings from
-        :meth:`pixel_embedding_at`. ``test_cfg.crop_to_box`` clears pixels
-        farther than ``crop_padding`` x ``mask_out_stride`` (scaled to the
-        output) outside the box. Boxes are scaled from ``img_shape`` to
-        the output size and clipped to it.
-
-        Args:
-            pixel_embeds (Tensor): Pixel embeddings (B, D, H, W) from
-                :meth:`forward`.
-            sem_logits (Tensor, optional): Unused (None at test time).
-            results_list (list[:obj:`InstanceData`]): Detections of each
-                image from the box head, in ``img_shape`` coordinates, with
-                ``bboxes``, ``embeddings``, ``margins`` and ``points``.
-            batch_img_metas (list[dict]): Meta information of each image;
-                ``img_shape`` and ``ori_shape`` are used.
-            rescale (bool): Masks and boxes at ``ori_shape`` if True, else
-                at ``img_shape``. Defaults to True.
-            **kwargs: Ignored.
-
-        Returns:
-            list[:obj:`InstanceData`]: Per image, a copy of the detections
-            with rescaled ``bboxes`` and ``masks`` (N, out_h, out_w) bool;
-            an image without detections gets its (empty) results with
-            empty ``masks`` of the output size.
-        """
-        assert len(pixel_embeds) == len(results_list) == len(batch_img_metas)
-        cfg = self.test_cfg or {}
-        outputs = []
-        for pixel_embed, results, img_meta in zip(pixel_embeds, results_list,
-                                                  batch_img_metas):
-            if len(results) == 0:
-                empty = empty_instances([img_meta], pixel_embed.device,
-                                        task_type='mask',
-                                        instance_results=[results])[0]
-                if not rescale:
-                    # empty_instances always uses ori_shape
-                    empty.masks = empty.masks.new_zeros(
-                        (0, *img_meta['img_shape'][:2]))
-                outputs.append(empty)
-                continue
-            outputs.append(self._predict_by_feat_single(
-                pixel_embed, results, img_meta, rescale, cfg))
-        return outputs
-
-    def _predict_by_feat_single(self, pixel_embed: Tensor,
-                                results: InstanceData, img_meta: dict,
-                                rescale: bool, cfg) -> InstanceData:
-        img_h, img_w = img_meta['img_shape'][:2]
-        out_h, out_w = img_meta['ori_shape'][:2] if rescale else (img_h, img_w)
-        results = results.clone()
-        scale = results.bboxes.new_tensor([out_w / img_w, out_h / img_h])
-        results.bboxes = results.bboxes * scale.repeat(2)
-        results.bboxes[:, 0::2] = results.bboxes[:, 0::2].clamp(0, out_w)
-        results.bboxes[:, 1::2] = results.bboxes[:, 1::2].clamp(0, out_h)
-        boxes = results.bboxes if cfg.get('crop_to_box', False) else None
-        box_padding = cfg.get('crop_padding', 2) * self.mask_out_stride * \
-            float(scale.max())
-        threshold = cfg.get('mask_thr', 0.5)
-        max_elements = cfg.get('max_paste_elements', MAX_PASTE_ELEMENTS)
-        proposal_embed = self.proposal_embedding(results)
-        if self.alignment == 'adelaidet':
-            prob = self.mask_prob_at_out_stride(pixel_embed, results)
-            results.masks = paste_masks_aligned_bilinear(
-                prob, self.mask_out_stride, (img_h, img_w), (out_h, out_w),
-                threshold, boxes, box_padding, max_elements)
-            return results
-        if cfg.get('mask_resample', 'prob') == 'prob':
-            prob = mask_probability(pixel_embed, proposal_embed,
-                                    results.margins)
-            results.masks = paste_masks(
-                prob, self.prob_stride, (img_h, img_w), (out_h, out_w),
-                threshold, boxes, box_padding, max_elements,
-                regions=cfg.get('paste_regions'))
-            return results
-        # p at every output pixel from embeddings resampled there, with the
-        # pixel's exact coordinates: sub-cell mask boundaries
-        embed = self.pixel_embedding_at(pixel_embed, (img_h, img_w),
-                                        (out_h, out_w))
-        num = len(results)
-        masks = embed.new_empty((num, out_h, out_w), dtype=torch.bool)
-        chunk = max(1, max_elements // max(out_h * out_w, 1))
-        for i in range(0, num, chunk):
-            prob = mask_probability(embed, proposal_embed[i:i + chunk],
-                                    results.margins[i:i + chunk])
-            chunk_masks = torch.gt(prob, threshold, out=masks[i:i + chunk])
-            if boxes is not None:
-                crop_masks_to_boxes(chunk_masks, boxes[i:i + chunk],
-                                    box_padding)
-        results.masks = masks
-        return results
-
-    def pixel_embedding_at(self, pixel_embed: Tensor, img_shape: Tuple[int, int],
-                           out_shape: Tuple[int, int]) -> Tensor:
-        """Pixel embeddings (D, out_h, out_w) at the pixels of an
-        ``out_shape`` image covering ``img_shape`` of the input: the conv part
-        resampled bilinearly, the coordinates those of each output pixel.
-
-        The output pixel centres' coordinates are mapped to input
-        coordinates (scale ``img_shape / out_shape``) before being added.
-
-        Args:
-            pixel_embed (Tensor): Pixel embeddings of one image, (D, H, W),
-                at ``self.prob_stride`` (from :meth:`pixel_embedding`,
-                coordinates included).
-            img_shape (tuple[int, int]): (img_h, img_w), the un-padded
-                input size the output covers.
-            out_shape (tuple[int, int]): (out_h, out_w), the output size.
-
-        Returns:
-            Tensor: Pixel embeddings (D, out_h, out_w).
-        """
-        cell_coords = location_map(*pixel_embed.shape[-2:], self.prob_stride,
-                                   pixel_embed.device, pixel_embed.dtype)
-        conv = torch.cat([
-            spatial_embedding(pixel_embed[:2], -cell_coords, self.coord_scale,
-                              self.coord_norm), pixel_embed[2:]
-        ])
-        conv = resample_to_output(conv, self.prob_stride, img_shape, out_shape)
-        out_coords = location_map(
-            out_shape[0], out_shape[1],
-            (img_shape[0] / out_shape[0], img_shape[1] / out_shape[1]),
-            conv.device, conv.dtype)
-        return torch.cat([
-            spatial_embedding(conv[:2], out_coords, self.coord_scale,
-                              self.coord_norm), conv[2:]
-        ])
-

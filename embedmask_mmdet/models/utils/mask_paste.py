@@ -312,6 +312,31 @@ def _support_span(weights: Tensor, hit: Tensor) -> Tensor:
     return torch.stack([start, torch.maximum(stop, start)], dim=1)
 
 
+def resample_aligned_bilinear(prob: Tensor, stride: int,
+                              img_shape: Tuple[int, int],
+                              out_shape: Tuple[int, int]) -> Tensor:
+    """The authors' placement of p (see :func:`paste_masks_aligned_bilinear`)
+    as probabilities: W_y P W_x^T, (N, h, w) -> (N, out_h, out_w) float,
+    the values that function thresholds.
+
+    Args:
+        prob (Tensor): Mask probabilities (N, h, w) at ``stride`` of the
+            padded input.
+        stride (int): Stride of ``prob``.
+        img_shape (tuple[int, int]): (img_h, img_w), the un-padded input
+            size to crop to.
+        out_shape (tuple[int, int]): (out_h, out_w), the output size.
+
+    Returns:
+        Tensor: (N, out_h, out_w) resampled probabilities.
+    """
+    weight_y = _aligned_axis_weights(prob.size(1), stride, img_shape[0],
+                                     out_shape[0], prob)
+    weight_x = _aligned_axis_weights(prob.size(2), stride, img_shape[1],
+                                     out_shape[1], prob)
+    return weight_y @ prob @ weight_x.T
+
+
 def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
                                  img_shape: Tuple[int, int],
                                  out_shape: Tuple[int, int], threshold: float,

@@ -1,0 +1,3 @@
+from .embedmask_tta import EmbedMaskTTAModel
+
+__all__ = ['EmbedMaskTTAModel']
