@@ -285,6 +285,32 @@ def test_mmdet_packaged_tools(env, trained):
         assert isinstance(metrics[key], float)
 
 
+def test_tta_with_our_and_mmdets_test_tools(env, trained):
+    """--tta: the config's EmbedMaskTTAModel and tta_pipeline (3 scales x
+    flip), through our tools/test.py and mmdet's packaged one."""
+    import mmdet
+    work = str(env['base'] / 'tta')
+    out = run_ok([PY, 'tools/test.py', env['config'], trained['ckpt'],
+                  '--tta', '--work-dir', work])
+    assert 'coco/segm_mAP' in out
+    with open(osp.join(work, 'test_metrics.json')) as f:
+        metrics = json.load(f)
+    assert all(isinstance(metrics[k], float) for k in METRIC_KEYS)
+
+    mim_test = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
+                        'test.py')
+    mim_work = str(env['base'] / 'mim_tta')
+    out = run_ok([PY, mim_test, env['config'], trained['ckpt'], '--tta',
+                  '--work-dir', mim_work])
+    assert 'coco/segm_mAP' in out
+    (run_dir, ) = run_dirs(mim_work)
+    with open(osp.join(mim_work, run_dir, run_dir + '.json')) as f:
+        mim_metrics = json.load(f)
+    # the same model, views and merge through either tool
+    for key in METRIC_KEYS:
+        assert mim_metrics[key] == pytest.approx(metrics[key], abs=1e-9)
+
+
 def test_dist_train_and_test_gloo(env):
     """2 processes (torchrun + gloo): one checkpoint per save, and the
     distributed test merges both ranks' shards into exactly the predictions
