@@ -5,7 +5,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import Scale
-from mmcv.ops import batched_nms
 from mmdet.models.dense_heads import CondInstBboxHead, FCOSHead
 from mmdet.models.utils import multi_apply
 from mmdet.registry import MODELS
@@ -17,6 +16,7 @@ from torch import Tensor
 from ..utils import (autocast_off, check_choice, check_embed_dim,
                      prior_margin_bias,
                      proposal_margin)
+from .embedmask_bbox_predict import EmbedMaskBboxPredictMixin
 
 PROPOSAL_HEADS = ('conv1_conv3', 'conv3')
 MARGIN_TYPES = ('per_dim', 'scalar', 'fixed')
@@ -140,7 +140,7 @@ class ProposalEmbeddingHead(nn.Module):
 
 
 @MODELS.register_module()
-class EmbedMaskBboxHead(CondInstBboxHead):
+class EmbedMaskBboxHead(EmbedMaskBboxPredictMixin, CondInstBboxHead):
     """FCOS head that also predicts, at every location, the proposal embedding
     q (D values) and the proposal margin s (D values) of EmbedMask.
 
@@ -497,73 +497,3 @@ class EmbedMaskBboxHead(CondInstBboxHead):
         results.embeddings = params[:, :self.embed_dim]
         results.margins = params[:, self.embed_dim:]
         return results
-
-    def _predict_by_feat_single(self, cls_score_list: List[Tensor],
-                                bbox_pred_list: List[Tensor],
-                                score_factor_list: List[Tensor],
-                                param_pred_list: List[Tensor],
-                                mlvl_points: List[Tensor],
-                                mlvl_strides: List[Tensor], img_meta: dict,
-                                cfg, rescale: bool = False,
-                                with_nms: bool = True) -> InstanceData:
-        """Boxes after NMS, each carrying its ``embeddings``, ``margins`` and
-        FCOS ``points``/``strides``; scores per ``test_cfg.score_type``.
-
-        ``thresh_with_ctr=True`` is AdelaiDet's FCOS inference (candidates
-        and the per-level top-``nms_pre`` by cls x ctr, boxes not clipped
-        before NMS); otherwise mmdet's CondInst path (cls alone)."""
-        cfg = self.test_cfg if cfg is None else cfg
-        args = (cls_score_list, bbox_pred_list, score_factor_list,
-                param_pred_list, mlvl_points, mlvl_strides)
-        if cfg.get('thresh_with_ctr', False):
-            results = self._select_by_cls_ctr(*args, cfg)
-        else:
-            results = super()._predict_by_feat_single(
-                *args, img_meta=img_meta, cfg=cfg, rescale=rescale,
-                with_nms=with_nms)
-        results = self._split_params(results)
-        if cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
-            results.scores = results.scores.sqrt()
-        return results
-
-    def _select_by_cls_ctr(self, cls_score_list, bbox_pred_list,
-                           score_factor_list, param_pred_list, mlvl_points,
-                           mlvl_strides, cfg) -> InstanceData:
-        """AdelaiDet ``FCOSOutputs.forward_for_single_feature_map`` and
-        ``select_over_all_levels``: score = σ(cls) σ(ctr) > score_thr, top
-        ``nms_pre`` per level, class-wise NMS, top ``max_per_img``."""
-        nms_pre = cfg.get('nms_pre', -1)
-        score_thr = cfg.get('score_thr', 0.)
-        levels = []
-        for cls_score, bbox_pred, ctr, param_pred, points, strides in zip(
-                cls_score_list, bbox_pred_list, score_factor_list,
-                param_pred_list, mlvl_points, mlvl_strides):
-            scores = cls_score.permute(1, 2, 0).reshape(
-                -1, self.cls_out_channels).sigmoid() * \
-                ctr.permute(1, 2, 0).reshape(-1, 1).sigmoid()
-            candidates = scores > score_thr
-            scores = scores[candidates]
-            loc_inds, labels = candidates.nonzero(as_tuple=True)
-            if 0 <= nms_pre < len(scores):
-                scores, top = scores.topk(nms_pre, sorted=False)
-                loc_inds, labels = loc_inds[top], labels[top]
-            level = InstanceData()
-            level.scores = scores
-            level.labels = labels
-            level.points = points[loc_inds]
-            level.strides = strides[loc_inds]
-            level.bboxes = distance2bbox(
-                level.points, bbox_pred.permute(1, 2, 0).reshape(-1, 4)[loc_inds])
-            level.param_preds = param_pred.permute(1, 2, 0).reshape(
-                -1, self.num_params)[loc_inds]
-            levels.append(level)
-        results = InstanceData.cat(levels)
-        if cfg.get('min_bbox_size', -1) >= 0:
-            w = results.bboxes[:, 2] - results.bboxes[:, 0]
-            h = results.bboxes[:, 3] - results.bboxes[:, 1]
-            results = results[(w > cfg.min_bbox_size) & (h > cfg.min_bbox_size)]
-        if len(results) == 0:
-            return results
-        _, keep = batched_nms(results.bboxes, results.scores, results.labels,
-                              cfg.nms)
-        return results[keep[:cfg.get('max_per_img', 100)]]

@@ -10,6 +10,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..utils import location_map, mask_probability, spatial_embedding
+from ..utils.mask_targets import upsample_prob
 from ..utils.mask_paste import (MAX_PASTE_ELEMENTS, crop_masks_to_boxes,
                                 paste_masks, paste_masks_aligned_bilinear,
                                 resample_aligned_bilinear, resample_to_output)
@@ -64,21 +65,33 @@ class EmbedMaskMaskPredictMixin:
         """
         assert len(pixel_embeds) == len(results_list) == len(batch_img_metas)
         cfg = self.test_cfg or {}
-        outputs = []
-        for pixel_embed, results, img_meta in zip(pixel_embeds, results_list,
-                                                  batch_img_metas):
+        outputs = [None] * len(results_list)
+        # images of one geometry (most batches: all of them) share every op
+        groups = {}
+        for i, (results, img_meta) in enumerate(zip(results_list,
+                                                    batch_img_metas)):
             if len(results) == 0:
-                empty = empty_instances([img_meta], pixel_embed.device,
+                empty = empty_instances([img_meta], pixel_embeds.device,
                                         task_type='mask',
                                         instance_results=[results])[0]
                 if not rescale:
                     # empty_instances always uses ori_shape
                     empty.masks = empty.masks.new_zeros(
                         (0, *img_meta['img_shape'][:2]))
-                outputs.append(empty)
-                continue
-            outputs.append(self._predict_by_feat_single(
-                pixel_embed, results, img_meta, rescale, cfg))
+                outputs[i] = empty
+            else:
+                geometry = self.output_geometry(img_meta, rescale)[:2]
+                groups.setdefault(geometry, []).append(i)
+        for inds in groups.values():
+            masks = self._predict_group(
+                pixel_embeds[inds], [results_list[i] for i in inds],
+                batch_img_metas[inds[0]], rescale, cfg)
+            for i, image_masks in zip(inds, masks):
+                results = results_list[i].clone()
+                results.bboxes = self.rescale_boxes(
+                    results.bboxes, batch_img_metas[i], rescale)
+                results.masks = image_masks
+                outputs[i] = results
         return outputs
 
     def output_geometry(self, img_meta: dict, rescale: bool
@@ -146,52 +159,74 @@ class EmbedMaskMaskPredictMixin:
         embed = self.pixel_embedding_at(pixel_embed, img_shape, out_shape)
         return mask_probability(embed, proposal_embed, results.margins)
 
-    def _predict_by_feat_single(self, pixel_embed: Tensor,
-                                results: InstanceData, img_meta: dict,
-                                rescale: bool, cfg) -> InstanceData:
-        (img_h, img_w), (out_h, out_w), _ = self.output_geometry(img_meta,
-                                                                 rescale)
-        results = results.clone()
-        results.bboxes = self.rescale_boxes(results.bboxes, img_meta, rescale)
-        boxes = results.bboxes if cfg.get('crop_to_box', False) else None
+    def padded_proposals(self, results_list: InstanceList
+                         ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Proposal embeddings and margins of B images, padded to the most
+        detections: q, s (B, N_max, D) and the (B, N_max) bool mask of real
+        ones (padding has q = s = 0)."""
+        counts = [len(r) for r in results_list]
+        first = results_list[0].margins
+        size = (len(results_list), max(counts), first.size(1))
+        q, s = first.new_zeros(size), first.new_zeros(size)
+        valid = first.new_zeros(size[:2], dtype=torch.bool)
+        for b, results in enumerate(results_list):
+            q[b, :counts[b]] = self.proposal_embedding(results)
+            s[b, :counts[b]] = results.margins
+            valid[b, :counts[b]] = True
+        return q, s, valid
+
+    def _predict_group(self, pixel_embeds: Tensor, results_list: InstanceList,
+                       img_meta: dict, rescale: bool, cfg) -> List[Tensor]:
+        """Masks (N_b, out_h, out_w) bool of images sharing ``img_meta``'s
+        geometry, every step batched over the images and detections."""
+        img_shape, out_shape, _ = self.output_geometry(img_meta, rescale)
+        counts = [len(r) for r in results_list]
+        boxes = torch.cat([self.rescale_boxes(r.bboxes, img_meta, rescale)
+                           for r in results_list]) \
+            if cfg.get('crop_to_box', False) else None
         box_padding = self.crop_padding_px(img_meta, rescale)
         threshold = cfg.get('mask_thr', 0.5)
         max_elements = cfg.get('max_paste_elements', MAX_PASTE_ELEMENTS)
-        proposal_embed = self.proposal_embedding(results)
-        if self.alignment == 'adelaidet':
-            prob = self.mask_prob_at_out_stride(pixel_embed, results)
-            results.masks = paste_masks_aligned_bilinear(
-                prob, self.mask_out_stride, (img_h, img_w), (out_h, out_w),
-                threshold, boxes, box_padding, max_elements)
-            return results
-        if cfg.get('mask_resample', 'prob') == 'prob':
-            prob = mask_probability(pixel_embed, proposal_embed,
-                                    results.margins)
-            results.masks = paste_masks(
-                prob, self.prob_stride, (img_h, img_w), (out_h, out_w),
-                threshold, boxes, box_padding, max_elements,
-                regions=cfg.get('paste_regions'))
-            return results
+        q, s, valid = self.padded_proposals(results_list)
+        if self.alignment == 'adelaidet' or \
+                cfg.get('mask_resample', 'prob') == 'prob':
+            prob = mask_probability(pixel_embeds, q, s)[valid]
+            if self.alignment == 'adelaidet':
+                prob = upsample_prob(
+                    prob, self.prob_stride // self.mask_out_stride,
+                    self.alignment)
+                masks = paste_masks_aligned_bilinear(
+                    prob, self.mask_out_stride, img_shape, out_shape,
+                    threshold, boxes, box_padding, max_elements)
+            else:
+                masks = paste_masks(
+                    prob, self.prob_stride, img_shape, out_shape, threshold,
+                    boxes, box_padding, max_elements,
+                    regions=cfg.get('paste_regions'))
+            return list(masks.split(counts))
         # p at every output pixel from embeddings resampled there, with the
         # pixel's exact coordinates: sub-cell mask boundaries
-        embed = self.pixel_embedding_at(pixel_embed, (img_h, img_w),
-                                        (out_h, out_w))
-        num = len(results)
-        masks = embed.new_empty((num, out_h, out_w), dtype=torch.bool)
-        chunk = max(1, max_elements // max(out_h * out_w, 1))
+        embeds = self.pixel_embedding_at(pixel_embeds, img_shape, out_shape)
+        batch, num = q.shape[:2]
+        masks = embeds.new_empty((batch, num, *out_shape), dtype=torch.bool)
+        chunk = max(1, max_elements // max(batch * out_shape[0] *
+                                           out_shape[1], 1))
         for i in range(0, num, chunk):
-            prob = mask_probability(embed, proposal_embed[i:i + chunk],
-                                    results.margins[i:i + chunk])
-            chunk_masks = torch.gt(prob, threshold, out=masks[i:i + chunk])
-            if boxes is not None:
-                crop_masks_to_boxes(chunk_masks, boxes[i:i + chunk],
+            prob = mask_probability(embeds, q[:, i:i + chunk],
+                                    s[:, i:i + chunk])
+            torch.gt(prob, threshold, out=masks[:, i:i + chunk])
+        masks = masks[valid]
+        if boxes is not None:
+            chunk = max(1, max_elements // max(out_shape[0] * out_shape[1],
+                                               1))
+            for i in range(0, len(masks), chunk):
+                crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
                                     box_padding)
-        results.masks = masks
-        return results
+        return list(masks.split(counts))
 
     def pixel_embedding_at(self, pixel_embed: Tensor, img_shape: Tuple[int, int],
                            out_shape: Tuple[int, int]) -> Tensor:
-        """Pixel embeddings (D, out_h, out_w) at the pixels of an
+        """Pixel embeddings (..., D, out_h, out_w) at the pixels of an
         ``out_shape`` image covering ``img_shape`` of the input: the conv part
         resampled bilinearly, the coordinates those of each output pixel.
 
@@ -199,29 +234,34 @@ class EmbedMaskMaskPredictMixin:
         coordinates (scale ``img_shape / out_shape``) before being added.
 
         Args:
-            pixel_embed (Tensor): Pixel embeddings of one image, (D, H, W),
-                at ``self.prob_stride`` (from :meth:`pixel_embedding`,
-                coordinates included).
+            pixel_embed (Tensor): Pixel embeddings (D, H, W), or (B, D, H, W)
+                of B images of one geometry, at ``self.prob_stride`` (from
+                :meth:`pixel_embedding`, coordinates included).
             img_shape (tuple[int, int]): (img_h, img_w), the un-padded
                 input size the output covers.
             out_shape (tuple[int, int]): (out_h, out_w), the output size.
 
         Returns:
-            Tensor: Pixel embeddings (D, out_h, out_w).
+            Tensor: Pixel embeddings (D, out_h, out_w) or (B, D, out_h,
+            out_w).
         """
-        cell_coords = location_map(*pixel_embed.shape[-2:], self.prob_stride,
+        lead, (height, width) = pixel_embed.shape[:-2], pixel_embed.shape[-2:]
+        cell_coords = location_map(height, width, self.prob_stride,
                                    pixel_embed.device, pixel_embed.dtype)
         conv = torch.cat([
-            spatial_embedding(pixel_embed[:2], -cell_coords, self.coord_scale,
-                              self.coord_norm), pixel_embed[2:]
-        ])
-        conv = resample_to_output(conv, self.prob_stride, img_shape, out_shape)
+            spatial_embedding(pixel_embed[..., :2, :, :], -cell_coords,
+                              self.coord_scale, self.coord_norm),
+            pixel_embed[..., 2:, :, :]
+        ], dim=-3)
+        conv = resample_to_output(conv.reshape(-1, height, width),
+                                  self.prob_stride, img_shape, out_shape)
+        conv = conv.reshape(*lead, *out_shape)
         out_coords = location_map(
             out_shape[0], out_shape[1],
             (img_shape[0] / out_shape[0], img_shape[1] / out_shape[1]),
             conv.device, conv.dtype)
         return torch.cat([
-            spatial_embedding(conv[:2], out_coords, self.coord_scale,
-                              self.coord_norm), conv[2:]
-        ])
-
+            spatial_embedding(conv[..., :2, :, :], out_coords,
+                              self.coord_scale, self.coord_norm),
+            conv[..., 2:, :, :]
+        ], dim=-3)

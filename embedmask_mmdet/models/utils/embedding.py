@@ -106,40 +106,49 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
     energy flips many pixels across p = 0.5. The differences (x - q) are
     formed explicitly (no expansion into x^2 - 2xq + q^2, whose cancellation
     costs ~s * |x|^2 * eps of accuracy), one dimension at a time so that no
-    (N, D, H, W) tensor is formed.
+    (N, D, H, W) tensor is formed. A leading batch dimension B on all three
+    inputs evaluates B images in the same ops (batched inference; pad the
+    proposals of images with fewer).
 
     Args:
-        pixel_embed (Tensor): (D, H, W) pixel embeddings x.
-        proposal_embed (Tensor): (N, D) proposal embeddings q.
-        margin (Tensor): (N, D) proposal margins s > 0.
+        pixel_embed (Tensor): (D, H, W) or (B, D, H, W) pixel embeddings x.
+        proposal_embed (Tensor): (N, D) or (B, N, D) proposal embeddings q.
+        margin (Tensor): (N, D) or (B, N, D) proposal margins s > 0.
 
     Returns:
-        Tensor: (N, H, W) float32 probabilities in [0, 1].
+        Tensor: (N, H, W) or (B, N, H, W) float32 probabilities in [0, 1].
     """
-    dim, height, width = pixel_embed.shape
+    batched = pixel_embed.dim() == 4
+    if not batched:
+        pixel_embed, proposal_embed, margin = (
+            t[None] for t in (pixel_embed, proposal_embed, margin))
+    batch, dim, height, width = pixel_embed.shape
     with torch.autocast(pixel_embed.device.type, enabled=False):
-        x = pixel_embed.float().reshape(dim, height * width)
+        x = pixel_embed.float().reshape(batch, dim, height * width)
         # distances do not change when both sides are centred on the mean
         # pixel; it keeps the backward's expanded products well conditioned
-        centre = x.detach().mean(dim=1)
-        x, q, s = x - centre[:, None], proposal_embed.float() - centre[None], \
-            margin.float()
+        centre = x.detach().mean(dim=2)
+        x, q, s = x - centre[..., None], proposal_embed.float() - \
+            centre[:, None], margin.float()
         if torch.compiler.is_exporting():
             # the same sum as a graph (the number of proposals is not known
             # when it is traced); inference only
-            energy = sum(s[:, d, None] * (x[d][None] - q[:, d, None]).square()
-                         for d in range(dim))
+            energy = sum(
+                s[..., d, None] * (x[:, d, None] - q[..., d, None]).square()
+                for d in range(dim))
         else:
             energy = _MaskEnergy.apply(x, q, s)
-        return torch.exp(-energy).reshape(-1, height, width)
+        prob = torch.exp(-energy).reshape(batch, -1, height, width)
+        return prob if batched else prob[0]
 
 
 class _MaskEnergy(torch.autograd.Function):
-    """E_ki = Σ_d s_kd (x_di - q_kd)^2 for x (D, P), q and s (N, D) -> (N, P).
+    """E_bki = Σ_d s_bkd (x_bdi - q_bkd)^2 for x (B, D, P), q and s
+    (B, N, D) -> (B, N, P).
 
-    The forward loops over d (exact differences, (N, P) memory); the
+    The forward loops over d (exact differences, (B, N, P) memory); the
     backward needs only matrix products and keeps x, q, s (autograd would
-    keep D tensors of (N, P)):
+    keep D tensors of (B, N, P)):
         dE/dx_di = 2 Σ_k g_ki s_kd (x_di - q_kd)
         dE/dq_kd = -2 s_kd Σ_i g_ki (x_di - q_kd)
         dE/ds_kd = Σ_i g_ki (x_di - q_kd)^2
@@ -148,33 +157,34 @@ class _MaskEnergy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, q: Tensor, s: Tensor) -> Tensor:
         ctx.save_for_backward(x, q, s)
-        num, pixels = q.size(0), x.size(1)
-        energy = x.new_zeros((num, pixels))
-        # blocks of proposals whose (block, P) slabs stay in the CPU's cache
-        # while all D dimensions are accumulated
-        block = max(1, ENERGY_BLOCK_ELEMENTS // max(pixels, 1))
-        diff = x.new_empty((min(block, num), pixels))
+        batch, num, pixels = q.size(0), q.size(1), x.size(2)
+        energy = x.new_zeros((batch, num, pixels))
+        # blocks of proposals whose (batch, block, P) slabs stay in the
+        # CPU's cache while all D dimensions are accumulated
+        block = max(1, ENERGY_BLOCK_ELEMENTS // max(batch * pixels, 1))
+        diff = x.new_empty((batch, min(block, num), pixels))
         for i in range(0, num, block):
-            e, qb, sb = energy[i:i + block], q[i:i + block], s[i:i + block]
-            buf = diff[:len(e)]
-            for d in range(x.size(0)):
-                torch.sub(x[d][None, :], qb[:, d, None], out=buf)
-                e.addcmul_(buf.square_(), sb[:, d, None])
+            e, qb, sb = (t[:, i:i + block] for t in (energy, q, s))
+            buf = diff[:, :e.size(1)]
+            for d in range(x.size(1)):
+                torch.sub(x[:, d, None, :], qb[:, :, d, None], out=buf)
+                e.addcmul_(buf.square_(), sb[:, :, d, None])
         return energy
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         x, q, s = ctx.saved_tensors
-        g_sum = grad.sum(dim=1, keepdim=True)  # (N, 1)
-        gx = grad @ x.T  # (N, D): Σ_i g_ki x_di
+        g_sum = grad.sum(dim=2, keepdim=True)  # (B, N, 1)
+        gx = grad @ x.mT  # (B, N, D): Σ_i g_ki x_di
         grad_x = grad_q = grad_s = None
         if ctx.needs_input_grad[0]:
-            grad_x = 2. * (x * (s.T @ grad) - (s * q).T @ grad)
+            grad_x = 2. * (x * (s.mT @ grad) - (s * q).mT @ grad)
         if ctx.needs_input_grad[1]:
             grad_q = -2. * s * (gx - q * g_sum)
         if ctx.needs_input_grad[2]:
-            grad_s = grad @ x.square().T - 2. * q * gx + q.square() * g_sum
+            grad_s = grad @ x.square().mT - 2. * q * gx + \
+                q.square() * g_sum
         return grad_x, grad_q, grad_s
 
 

@@ -171,3 +171,77 @@ def test_predict_unpadded_side_with_rounding_prone_scale(design):
     _, results = predict(bbox_head, mask_head, pyramid(seed=14, h=224, w=160),
                          [sample])
     assert results[0].masks.shape == (20, 61, 44)
+
+
+# ------------------------------------------------------------ batched predict
+BATCH_CASES = {
+    # (mask head overrides, test cfg overrides)
+    'adelaidet-selection-embedding': (
+        {}, dict(thresh_with_ctr=True, mask_resample='embedding')),
+    'adelaidet-placement': (
+        dict(alignment='adelaidet'),
+        dict(thresh_with_ctr=True, score_type='sqrt_cls_ctr', nms_pre=50)),
+    'mmdet-selection-prob-crop': (
+        {}, dict(thresh_with_ctr=False, crop_to_box=True)),
+}
+
+
+@pytest.mark.parametrize('case', list(BATCH_CASES))
+def test_batched_predict_equals_one_image_at_a_time(case):
+    """Both heads' predict_by_feat on the outputs for a batch of 4 (two
+    output geometries, one image without detections) gives what they give
+    on each image's slice of the same outputs: the same detections, the
+    same masks (a vectorised exp/sigmoid may round a batch's tail
+    differently by an ulp, hence the tolerances)."""
+    mask_overrides, cfg_overrides = BATCH_CASES[case]
+    bbox_head, mask_head = build_heads(mask_overrides=mask_overrides)
+    with torch.no_grad():
+        # margins making p = 0.5 about 20 px away, embeddings varied
+        bbox_head.embedding_head.margin_conv.bias.fill_(
+            math.log(math.log(2.) * 1e4 / 20.**2))
+        mask_head.pixel_branch.conv_pred.weight.mul_(20.)
+        # scores far from the prior where features are, the prior (0.01)
+        # where they are zero
+        bbox_head.conv_cls.weight.mul_(10.)
+    cfg = make_test_cfg(**cfg_overrides, score_thr=0.01)
+    for head in (bbox_head, mask_head):
+        head.test_cfg = cfg
+        head.eval()
+    samples = [make_sample(ONE_GT),
+               make_sample(ONE_GT, img_shape=(120, 150), ori_shape=(60, 75),
+                           scale_factor=(2., 2.)),
+               make_sample(ONE_GT),
+               make_sample(ONE_GT)]
+    metas = [s.metainfo for s in samples]
+    x = pyramid(batch=4, seed=11)
+    for level in x:
+        level[3].zero_()  # image 3: every score at the prior, < 0.01
+    with torch.no_grad():
+        outs = bbox_head(x)
+        pixel_embeds = mask_head(x)[0]
+        boxes = bbox_head.predict_by_feat(*outs, batch_img_metas=metas)
+        batched = mask_head.predict_by_feat(pixel_embeds, None,
+                                            [r.clone() for r in boxes], metas)
+    assert len(batched[3]) == 0 and batched[3].masks.shape == (0, 128, 160)
+    areas = []
+    for i in range(4):
+        with torch.no_grad():
+            (box, ) = bbox_head.predict_by_feat(
+                *[[t[i:i + 1] for t in o] for o in outs],
+                batch_img_metas=metas[i:i + 1])
+            (alone, ) = mask_head.predict_by_feat(
+                pixel_embeds[i:i + 1], None, [box], metas[i:i + 1])
+        got = batched[i]
+        assert len(got) == len(alone)
+        for key in ('labels', 'points'):
+            assert torch.equal(got.get(key), alone.get(key)), (i, key)
+        for key in ('bboxes', 'scores', 'embeddings', 'margins'):
+            torch.testing.assert_close(got.get(key), alone.get(key),
+                                       rtol=1e-6, atol=1e-6)
+        assert got.masks.shape == alone.masks.shape
+        assert (got.masks != alone.masks).sum() <= 2, i
+        if i < 3:
+            assert len(got) > 5
+            areas.append(got.masks.flatten(1).float().mean(1))
+    areas = torch.cat(areas)
+    assert ((areas > 0.001) & (areas < 0.5)).sum() >= 5  # varied masks

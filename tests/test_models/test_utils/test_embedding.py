@@ -90,6 +90,39 @@ def test_mask_probability_gradients_match_naive():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_mask_probability_batched_matches_naive_per_image():
+    """A leading batch dimension: each image against its own proposals
+    (values and gradients against the float64 formula), padding proposals
+    (s = 0) give p = 1 and no gradient to the real ones."""
+    g = torch.Generator().manual_seed(3)
+    b, d, h, w, n = 3, 4, 5, 6, 4
+    x = torch.rand(b, d, h, w, generator=g, dtype=torch.float64) * 13.
+    q = torch.stack([x[i].reshape(d, -1)[:, :n].T for i in range(b)]) + \
+        0.2 * torch.randn(b, n, d, generator=g, dtype=torch.float64)
+    s = torch.rand(b, n, d, generator=g, dtype=torch.float64) * 3. + 0.1
+    s[2, -1] = 0.  # image 2 has one proposal fewer: padding
+    weight = torch.rand(b, n, h, w, generator=g, dtype=torch.float64)
+    xs, qs, ss = (t.clone().requires_grad_() for t in (x, q, s))
+    p = mask_probability(xs, qs, ss)
+    assert p.shape == (b, n, h, w) and p.dtype == torch.float32
+    assert (p[2, -1] == 1).all()
+    (p * weight).sum().backward()
+    for i in range(b):
+        xr, qr, sr = (t[i].clone().requires_grad_() for t in (x, q, s))
+        ref = naive_mask_probability(xr, qr, sr)
+        torch.testing.assert_close(p[i].double(), ref.detach(), atol=1e-6,
+                                   rtol=0)
+        (ref * weight[i]).sum().backward()
+        for got, want in ((xs.grad[i], xr.grad), (qs.grad[i], qr.grad),
+                          (ss.grad[i], sr.grad)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # float32 inputs: the batch gives each image's own result bit for bit
+    xf, qf, sf = x.float(), q.float(), s.float()
+    batched = mask_probability(xf, qf, sf)
+    for i in range(b):
+        assert torch.equal(batched[i], mask_probability(xf[i], qf[i], sf[i]))
+
+
 # ---------------------------------------------------------- prior_margin_bias
 @pytest.mark.parametrize('m', [0.5, 2.0, 5.0])
 def test_prior_margin_bias_gives_half_at_distance_m(m):

@@ -219,7 +219,8 @@ def postproc_sweep(model, size: Tuple[int, int], dets: Sequence[int],
     cfg = head.test_cfg or {}
     with torch.no_grad():
         batch = model.data_preprocessor(make_batch(size), False)
-        pixel_embed = head(model.extract_feat(batch['inputs']))[0][0]
+        pixel_embeds = head(model.extract_feat(batch['inputs']))[0]
+    pixel_embed = pixel_embeds[0]
     meta = batch['data_samples'][0].metainfo
     # margins around the head's prior (p = 0.5 at distance prior_margin)
     log_margin = prior_margin_bias(model.bbox_head.prior_margin)
@@ -229,8 +230,8 @@ def postproc_sweep(model, size: Tuple[int, int], dets: Sequence[int],
 
         def total(res=res):
             with torch.no_grad():
-                return head._predict_by_feat_single(pixel_embed, res, meta,
-                                                    True, cfg)
+                return head.predict_by_feat(pixel_embeds, None, [res],
+                                            [meta], rescale=True)
 
         def prob(res=res):
             with torch.no_grad():

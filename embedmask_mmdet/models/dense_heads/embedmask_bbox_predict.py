@@ -1,0 +1,156 @@
+"""Test-time detections of :class:`EmbedMaskBboxHead`: AdelaiDet's FCOS
+selection batched over the images, or mmdet's CondInst path."""
+from typing import List, Optional
+
+import torch
+from mmcv.ops import batched_nms
+from mmdet.structures.bbox import distance2bbox
+from mmdet.utils import InstanceList
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+__all__ = ['EmbedMaskBboxPredictMixin']
+
+
+class EmbedMaskBboxPredictMixin:
+    """The predict half of :class:`EmbedMaskBboxHead` (its own file to keep
+    both readable); it uses the head's ``prior_generator``,
+    ``cls_out_channels``, ``test_cfg`` and ``_split_params``."""
+
+    def predict_by_feat(self, cls_scores: List[Tensor],
+                        bbox_preds: List[Tensor],
+                        score_factors: Optional[List[Tensor]] = None,
+                        param_preds: Optional[List[Tensor]] = None,
+                        batch_img_metas: Optional[List[dict]] = None,
+                        cfg=None, rescale: bool = False,
+                        with_nms: bool = True) -> InstanceList:
+        """Detections of each image, each carrying its ``embeddings``,
+        ``margins`` and FCOS ``points``/``strides``; scores per
+        ``test_cfg.score_type``.
+
+        ``thresh_with_ctr=True`` is AdelaiDet's FCOS inference (candidates
+        and the per-level top-``nms_pre`` by cls x ctr, boxes not clipped
+        before NMS), selected for the whole batch in one op per level, then
+        NMS per image; otherwise mmdet's CondInst path (cls alone, image by
+        image).
+
+        Args:
+            cls_scores (list[Tensor]): Class logits per level, (B, C, H, W).
+            bbox_preds (list[Tensor]): Box distances per level, (B, 4, H, W).
+            score_factors (list[Tensor]): Centerness logits per level,
+                (B, 1, H, W).
+            param_preds (list[Tensor]): Embedding conv outputs and margins
+                per level, (B, 2D, H, W).
+            batch_img_metas (list[dict]): Meta information of each image.
+            cfg (ConfigDict, optional): Test config; None: ``test_cfg``.
+            rescale (bool): Boxes at ``ori_shape`` (mmdet's path only; the
+                mask head rescales EmbedMask's). Defaults to False.
+            with_nms (bool): NMS (mmdet's path only). Defaults to True.
+
+        Returns:
+            list[:obj:`InstanceData`]: Per image ``bboxes``, ``scores``,
+            ``labels``, ``embeddings``, ``margins``, ``points``,
+            ``strides``.
+        """
+        cfg = self.test_cfg if cfg is None else cfg
+        if not cfg.get('thresh_with_ctr', False):
+            return super().predict_by_feat(
+                cls_scores, bbox_preds, score_factors, param_preds,
+                batch_img_metas=batch_img_metas, cfg=cfg, rescale=rescale,
+                with_nms=with_nms)
+        priors = self.prior_generator.grid_priors(
+            [c.shape[-2:] for c in cls_scores], dtype=bbox_preds[0].dtype,
+            device=bbox_preds[0].device, with_stride=True)
+        return [self._finish(r, cfg) for r in self._select_by_cls_ctr(
+            [c.detach() for c in cls_scores],
+            [b.detach() for b in bbox_preds],
+            [f.detach() for f in score_factors],
+            [p.detach() for p in param_preds],
+            [p[:, :2] for p in priors], [p[:, 2] for p in priors], cfg)]
+
+    def _predict_by_feat_single(self, cls_score_list: List[Tensor],
+                                bbox_pred_list: List[Tensor],
+                                score_factor_list: List[Tensor],
+                                param_pred_list: List[Tensor],
+                                mlvl_points: List[Tensor],
+                                mlvl_strides: List[Tensor], img_meta: dict,
+                                cfg, rescale: bool = False,
+                                with_nms: bool = True) -> InstanceData:
+        """mmdet's CondInst selection for one image (``thresh_with_ctr``
+        False), with the parameters split and scores per ``score_type``."""
+        cfg = self.test_cfg if cfg is None else cfg
+        results = super()._predict_by_feat_single(
+            cls_score_list, bbox_pred_list, score_factor_list,
+            param_pred_list, mlvl_points, mlvl_strides, img_meta=img_meta,
+            cfg=cfg, rescale=rescale, with_nms=with_nms)
+        return self._finish(results, cfg)
+
+    def _finish(self, results: InstanceData, cfg) -> InstanceData:
+        results = self._split_params(results)
+        if cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
+            results.scores = results.scores.sqrt()
+        return results
+
+    def _select_by_cls_ctr(self, cls_scores, bbox_preds, score_factors,
+                           param_preds, mlvl_points, mlvl_strides,
+                           cfg) -> InstanceList:
+        """AdelaiDet ``FCOSOutputs.forward_for_single_feature_map`` and
+        ``select_over_all_levels`` for a batch: score = σ(cls) σ(ctr) >
+        score_thr, top ``nms_pre`` per level and image (one ``topk`` per
+        level for all images), then per image class-wise NMS and the top
+        ``max_per_img``."""
+        nms_pre = cfg.get('nms_pre', -1)
+        score_thr = cfg.get('score_thr', 0.)
+        num_imgs = cls_scores[0].size(0)
+        keys = ('scores', 'labels', 'points', 'strides', 'bboxes',
+                'param_preds', 'valid')
+        levels = {k: [] for k in keys}
+
+        def flat(t):  # (B, C, H, W) -> (B, HW, C)
+            return t.permute(0, 2, 3, 1).reshape(num_imgs, -1, t.size(1))
+
+        for cls_score, bbox_pred, ctr, param_pred, points, strides in zip(
+                cls_scores, bbox_preds, score_factors, param_preds,
+                mlvl_points, mlvl_strides):
+            scores = (flat(cls_score).sigmoid() * flat(ctr).sigmoid()
+                      ).reshape(num_imgs, -1)
+            if 0 <= nms_pre < scores.size(1):
+                # non-candidates below every candidate: the top nms_pre
+                # candidates, or all of them when fewer
+                scores, inds = torch.where(
+                    scores > score_thr, scores, scores.new_tensor(-1.)
+                ).topk(nms_pre, dim=1, sorted=False)
+            else:
+                inds = torch.arange(scores.size(1), device=scores.device
+                                    ).expand(num_imgs, -1)
+            locs = inds // self.cls_out_channels
+
+            def at_locs(t):
+                t = flat(t)
+                return t.gather(1, locs[..., None].expand(-1, -1, t.size(2)))
+
+            levels['scores'].append(scores)
+            levels['labels'].append(inds % self.cls_out_channels)
+            levels['points'].append(points[locs])
+            levels['strides'].append(strides[locs])
+            levels['bboxes'].append(distance2bbox(points[locs],
+                                                  at_locs(bbox_pred)))
+            levels['param_preds'].append(at_locs(param_pred))
+            levels['valid'].append(scores > score_thr)
+        batch = {k: torch.cat(v, dim=1) for k, v in levels.items()}
+        results_list = []
+        for img_id in range(num_imgs):
+            valid = batch['valid'][img_id]
+            results = InstanceData(**{k: batch[k][img_id][valid]
+                                      for k in keys[:-1]})
+            if cfg.get('min_bbox_size', -1) >= 0:
+                w = results.bboxes[:, 2] - results.bboxes[:, 0]
+                h = results.bboxes[:, 3] - results.bboxes[:, 1]
+                results = results[(w > cfg.min_bbox_size) &
+                                  (h > cfg.min_bbox_size)]
+            if len(results):
+                _, keep = batched_nms(results.bboxes, results.scores,
+                                      results.labels, cfg.nms)
+                results = results[keep[:cfg.get('max_per_img', 100)]]
+            results_list.append(results)
+        return results_list
