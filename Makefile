@@ -34,9 +34,10 @@ demo: data
 	$(PY) tools/plot_curves.py $(DEMO_DIR) --out $(DEMO_DIR)/loss_curve.png
 	$(PY) tools/print_metrics.py $(DEMO_DIR)/test_metrics.json
 
-# EmbedMask vs FCOS/CondInst/Mask R-CNN/SOLOv2/YOLACT on this machine ->
-# docs/benchmarks.md + PNGs (about an hour on 2 CPU cores; run it on a quiet
-# machine). Options: BENCH_ARGS='--train-iters 300 --models ...'
+# EmbedMask vs FCOS/CondInst/Mask R-CNN/SOLOv2/YOLACT/RTMDet-Ins on this
+# machine, batched inference, TTA, deployment -> docs/benchmarks.md + PNGs
+# (about 90 minutes on 2 CPU cores; run it on a quiet machine). Options:
+# BENCH_ARGS='--train-iters 300 --models ...', '--only-tta', '--only-deploy'
 bench: data
 	$(PY) tools/benchmark.py --data-root $(DATA) --out docs/benchmarks.md $(BENCH_ARGS)
 

@@ -1,6 +1,6 @@
-"""Benchmark EmbedMask against FCOS (box only), CondInst, Mask R-CNN, SOLOv2
-and YOLACT, all on one machine in one run, and write docs/benchmarks.md with
-PNG plots (``make bench``).
+"""Benchmark EmbedMask against FCOS (box only), CondInst, Mask R-CNN, SOLOv2,
+YOLACT and RTMDet-Ins, all on one machine in one run, and write
+docs/benchmarks.md with PNG plots (``make bench``).
 
     python tools/benchmark.py [--device auto|cpu|cuda|cpu,cuda]
         [--sizes 800x1333,320x320] [--reps 10] [--train-iters N]
@@ -8,10 +8,11 @@ PNG plots (``make bench``).
         [--out docs/benchmarks.md] [--tiny]
 
 Measured: interleaved inference latency (median, p90) with the number of
-detections held equal; peak memory of each model in a process of its own;
-training step time and memory at batch 2; EmbedMask's mask post-processing
+detections held equal, and per image at batch 1, 2, 4; peak memory of each
+model in a process of its own; training step time and memory at batch 2; EmbedMask's mask post-processing
 for 1-200 detections with a linear fit; COCO bbox/segm AP of models trained
-with the same backbone, data, optimizer, schedule and iterations. Sizes are
+with the same backbone, data, optimizer, schedule and iterations; the demo
+model's AP with and without test-time augmentation. Sizes are
 HEIGHTxWIDTH. The pieces are in tools/analysis_tools/benchmark/ (a study of
 this repository, not part of the installed library).
 """
@@ -119,6 +120,18 @@ def parse_args(argv=None):
                    help='EmbedMask-Lite weights for the deployment accuracy '
                    'rows (default: work_dirs/demo/last_checkpoint, i.e. '
                    '`make demo`\'s; none: no accuracy rows)')
+    p.add_argument('--batches', type=lambda t: [int(v) for v in _csv(t)],
+                   default=[1, 2, 4],
+                   help='batch sizes of the per-image latency rows '
+                   '(default 1,2,4)')
+    p.add_argument('--batch-reps', type=int, default=None,
+                   help='timed repetitions of the batch rows (default: '
+                   '--reps up to 640x640, 3 above; tiny: 1)')
+    p.add_argument('--skip-tta', action='store_true',
+                   help='leave the test-time augmentation rows out')
+    p.add_argument('--only-tta', action='store_true',
+                   help='measure only the test-time augmentation rows and '
+                   'merge them into the existing --out page and .json')
     p.add_argument('--seed', type=int, default=None,
                    help='seed torch before the speed rows\' models are built '
                    '(their weights are random); default: not seeded')
@@ -136,6 +149,8 @@ def parse_args(argv=None):
                                     warmup=2, train_iters=DEFAULT_TRAIN_ITERS,
                                     train_step_reps=3, train_mem_reps=3)
     t['arch'] = 'lite0' if args.tiny else 'r50'
+    if args.tiny and args.batch_reps is None:
+        args.batch_reps = 1
     for key in ('sizes', 'reps', 'warmup', 'train_iters', 'train_step_reps',
                 'train_mem_reps', 'arch'):
         if getattr(args, key) is None:
@@ -265,6 +280,20 @@ def speed_bench(args, device, save):
         log('  median ms ' + ', '.join(
             f'{m} {r["median_ms"]:.1f}'
             for m, r in out['latency'][sz(size)].items()))
+        save()
+    out['batch'] = dict(batches=list(args.batches), warmup=1, sizes={})
+    for size in args.sizes:
+        reps = args.batch_reps or (
+            args.reps if size[0] * size[1] <= 640 * 640 else 3)
+        log(f'{device} per-image latency at batch {args.batches}, '
+            f'{sz(size)}, {reps} reps')
+        rows = measure.batch_latency(built, size, args.batches, 1, reps,
+                                     device)
+        out['batch']['sizes'][sz(size)] = dict(reps=reps, models=rows)
+        log('  per-image median ms ' + '; '.join(
+            f'{m} ' + '/'.join(f'{r[b]["median_ms"]:.0f}'
+                               for b in args.batches)
+            for m, r in rows.items()))
         save()
     if 'embedmask' in built:
         size = parse_size(HEADLINE_SIZE) if parse_size(HEADLINE_SIZE) in \
@@ -413,14 +442,7 @@ def accuracy_bench(args, save, results):
 def deploy_section(args) -> dict:
     """The deployment section, measured now (tools/analysis_tools)."""
     from analysis_tools.benchmark import deploy as deploy_bench
-    ckpt = args.deploy_checkpoint
-    pointer = osp.join(ROOT, 'work_dirs/demo/last_checkpoint')
-    if ckpt is None and osp.isfile(pointer):
-        with open(pointer) as f:
-            ckpt = f.read().strip()
-    if ckpt is not None and not osp.isfile(ckpt):
-        log(f'deployment: checkpoint {ckpt} not found: no accuracy rows')
-        ckpt = None
+    ckpt = demo_checkpoint(args)
     command = 'python ' + ' '.join(shlex.quote(a) for a in [
         osp.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
     machine = machine_info(['cpu'])
@@ -434,8 +456,69 @@ def deploy_section(args) -> dict:
     return dict(command=command, machine=machine, **section)
 
 
+def demo_checkpoint(args):
+    """--deploy-checkpoint, else `make demo`'s last checkpoint, else None."""
+    ckpt = args.deploy_checkpoint
+    pointer = osp.join(ROOT, 'work_dirs/demo/last_checkpoint')
+    if ckpt is None and osp.isfile(pointer):
+        with open(pointer) as f:
+            ckpt = f.read().strip()
+    if ckpt is not None and not osp.isfile(ckpt):
+        log(f'checkpoint {ckpt} not found')
+        ckpt = None
+    return ckpt
+
+
+def tta_section(args, results):
+    """EmbedMask-Lite with and without test-time augmentation on the
+    built-in val split (the demo checkpoint; --tiny: the tiny accuracy
+    run's EmbedMask on its tiny data)."""
+    from analysis_tools.benchmark import tta
+    if args.tiny:
+        acc = (results.get('accuracy') or {}).get('models', {})
+        if not acc.get('embedmask'):
+            log('tta: no tiny EmbedMask run to test')
+            return None
+        work = osp.join(ROOT, acc['embedmask']['work_dir'])
+        with open(osp.join(work, 'last_checkpoint')) as f:
+            ckpt = f.read().strip()
+        config = osp.join(work, 'bench_embedmask.py')
+        data_root = osp.join(args.work_dir, 'tiny_data')
+    else:
+        ckpt, config, data_root = demo_checkpoint(args), None, args.data_root
+        if ckpt is None:
+            log('tta: no demo checkpoint (run `make demo` or pass '
+                '--deploy-checkpoint): no TTA rows')
+            return None
+    log(f'tta: testing {ckpt} without and with test-time augmentation')
+    start = time.perf_counter()
+    # the tiny run's barely trained model scores under the threshold
+    section = tta.run(data_root, ckpt, osp.join(args.work_dir, 'tta'),
+                      **(dict(config=config, test_cfg=dict(score_thr=0.))
+                         if config else {}))
+    section['machine'] = dict(machine_info(['cpu']), **{
+        'section wall time':
+        f'{(time.perf_counter() - start) / 60:.1f} min'})
+    rows = section['rows']
+    log('  segm mAP ' + ', '.join(f'{k} {v["segm_mAP"]:.3f}'
+                                  for k, v in rows.items()))
+    return section
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.only_tta:
+        json_path = osp.splitext(args.out)[0] + '.json'
+        results = load_results(json_path) if osp.isfile(json_path) else \
+            dict(meta=dict(command='(not run)', machine={}, models_desc=''),
+                 speed={}, accuracy=None)
+        measure.register()
+        results['tta'] = tta_section(args, results)
+        with open(json_path, 'w') as f:
+            json.dump(results, f, indent=1, default=str)
+        files = write_report(results, args.out)
+        log(f'wrote the TTA rows into {", ".join(files)}')
+        return
     if args.only_deploy:
         json_path = osp.splitext(args.out)[0] + '.json'
         results = load_results(json_path) if osp.isfile(json_path) else \
@@ -470,8 +553,14 @@ def main(argv=None):
 
     for device in args.devices:
         results['speed'][device] = speed_bench(args, device, save)
+    if not (args.skip_tta or args.tiny):
+        results['tta'] = tta_section(args, results)
+        save()
     if not args.skip_train:
         accuracy_bench(args, save, results)
+        if args.tiny and not args.skip_tta:
+            results['tta'] = tta_section(args, results)
+            save()
     if not (args.skip_deploy or args.tiny):
         results['deployment'] = deploy_section(args)
         save()

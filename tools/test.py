@@ -22,18 +22,17 @@ import json
 import os
 import os.path as osp
 import sys
-import warnings
-from copy import deepcopy
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
-from mmengine.config import ConfigDict, DictAction
+from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from embedmask_mmdet.utils.dist import (finish_distributed, load_tool_config,
                                         setup_cpu_distributed)
+from embedmask_mmdet.utils.tta import use_tta
 
 
 def parse_args(argv=None):
@@ -63,36 +62,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
-
-
-def use_tta(cfg):
-    """Wraps ``cfg.model`` in its ``tta_model`` and feeds the test loader
-    the ``tta_pipeline`` (defaults as in mmdet's tools/test.py, with
-    EmbedMaskTTAModel for EmbedMask)."""
-    if 'tta_model' not in cfg:
-        if cfg.model.get('type') == 'EmbedMask':
-            cfg.tta_model = dict(type='EmbedMaskTTAModel')
-        else:
-            cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(
-                nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
-        warnings.warn(f'--tta: no tta_model in the config; using '
-                      f'{cfg.tta_model["type"]}')
-    if 'tta_pipeline' not in cfg:
-        warnings.warn('--tta: no tta_pipeline in the config; using the test '
-                      'pipeline with a horizontal flip')
-        data_cfg = cfg.test_dataloader.dataset
-        while 'dataset' in data_cfg:
-            data_cfg = data_cfg['dataset']
-        cfg.tta_pipeline = deepcopy(data_cfg.pipeline)
-        cfg.tta_pipeline[-1] = dict(type='TestTimeAug', transforms=[
-            [dict(type='RandomFlip', prob=1.),
-             dict(type='RandomFlip', prob=0.)],
-            [dict(type='PackDetInputs', meta_keys=(
-                'img_id', 'img_path', 'ori_shape', 'img_shape',
-                'scale_factor', 'flip', 'flip_direction'))]])
-    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    return cfg
 
 
 def main(argv=None):

@@ -49,6 +49,34 @@ def _positive(row, keys):
         assert row[key] > 0, (key, row)
 
 
+def test_batch_rows_for_every_model(tiny_run):
+    _, results, doc = tiny_run
+    batch = results['speed']['cpu']['batch']
+    assert batch['batches'] == [1, 2, 4]
+    rows = batch['sizes']['96x96']['models']
+    assert set(rows) == set(MODELS_ALL)
+    for model_rows in rows.values():
+        assert sorted(int(b) for b in model_rows) == [1, 2, 4]
+        for row in model_rows.values():
+            _positive(row, ('median_ms', 'dets'))
+    assert '### Batched inference: per-image latency' in doc
+    assert 'EmbedMask per-image latency, batch 4 / batch 1' in doc
+
+
+def test_tta_rows(tiny_run):
+    _, results, doc = tiny_run
+    tta = results['tta']
+    assert tta['merge'] == 'EmbedMaskTTAModel' and tta['views'] == 6
+    for name in ('plain', 'plain_largest', 'tta'):
+        row = tta['rows'][name]
+        assert 0 <= row['segm_mAP'] <= 1 and row['images'] == 2
+        _positive(row, ('s_per_img', ))
+    # the TTA's views cost more than one plain view
+    assert tta['rows']['tta']['s_per_img'] > tta['rows']['plain']['s_per_img']
+    assert '## Test-time augmentation' in doc
+    assert 'TTA segm AP gain over plain testing' in doc
+
+
 def test_speed_rows_for_every_model(tiny_run):
     _, results, _ = tiny_run
     speed = results['speed']['cpu']

@@ -123,11 +123,12 @@ def build(name: str, arch: str, device: str, num_dets: int = 100,
     return model
 
 
-def predictor(name: str, model, size: Tuple[int, int], device: str
-              ) -> Tuple[Callable, int]:
-    """A function running one image end-to-end (preprocessing, network,
-    post-processing, masks at the original size) and its detection count."""
-    data = make_batch(size)
+def predictor(name: str, model, size: Tuple[int, int], device: str,
+              batch: int = 1) -> Tuple[Callable, int]:
+    """A function running ``batch`` images end-to-end (preprocessing,
+    network, post-processing, masks at the original size) and the detection
+    count of the first."""
+    data = make_batch(size, batch=batch)
     if name == 'solov2':
         with torch.no_grad():
             calibrate_solov2(
@@ -141,6 +142,25 @@ def predictor(name: str, model, size: Tuple[int, int], device: str
     results = run()
     sync(device)
     return run, len(results[0].pred_instances)
+
+
+def batch_latency(models: Dict[str, object], size: Tuple[int, int],
+                  batches: Sequence[int], warmup: int, reps: int,
+                  device: str) -> Dict[str, dict]:
+    """Per-image latency of every model at each batch size (a call on
+    ``b`` images timed and divided by ``b``), all (model, batch) pairs
+    interleaved. {model: {batch: summary of per-image seconds, + dets}}."""
+    fns, dets = {}, {}
+    for name, model in models.items():
+        for b in batches:
+            fns[(name, b)], dets[(name, b)] = predictor(name, model, size,
+                                                        device, batch=b)
+    times = interleave(fns, warmup, reps, device)
+    out = {name: {} for name in models}
+    for (name, b), secs in times.items():
+        out[name][b] = dict(summarize([t / b for t in secs]),
+                            dets=dets[(name, b)])
+    return out
 
 
 def train_stepper(model, size: Tuple[int, int], device: str, batch: int = 2,

@@ -41,11 +41,13 @@ PACKAGED = {
     'mask_rcnn': 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
     'solov2': 'solov2/solov2_r50_fpn_1x_coco.py',
     'yolact': 'yolact/yolact_r50_1xb8-55e_coco.py',
+    'rtmdet_ins': 'rtmdet/rtmdet-ins_l_8xb32-300e_coco.py',
 }
-MODELS_ALL = ('embedmask', 'fcos', 'condinst', 'mask_rcnn', 'solov2', 'yolact')
+MODELS_ALL = ('embedmask', 'fcos', 'condinst', 'mask_rcnn', 'solov2', 'yolact',
+              'rtmdet_ins')
 LABELS = {'embedmask': 'EmbedMask', 'fcos': 'FCOS (box only)',
           'condinst': 'CondInst', 'mask_rcnn': 'Mask R-CNN',
-          'solov2': 'SOLOv2', 'yolact': 'YOLACT',
+          'solov2': 'SOLOv2', 'yolact': 'YOLACT', 'rtmdet_ins': 'RTMDet-Ins',
           'embedmask_semantic': 'EmbedMask + semantic loss (AdelaiDet)',
           'embedmask_boxonly': 'EmbedMask, box losses only (diagnostic)'}
 BOX_ONLY = ('fcos', )
@@ -158,6 +160,18 @@ def _yolact(model: ConfigDict, p: dict, num_classes: int) -> None:
                            proto_channels=(w, w, w, None, w, protos))
 
 
+def _rtmdet_ins(model: ConfigDict, p: dict, num_classes: int) -> None:
+    """RTMDet-Ins-l's head (separate BN per level, shared convs, dynamic
+    kernels for its prototype masks) on the shared P3-P5: its own CSPNeXt
+    backbone and PAFPN are replaced like every peer's; SyncBN becomes BN (one
+    process on a CPU)."""
+    head = model.bbox_head
+    head.update(num_classes=num_classes, in_channels=p['width'],
+                feat_channels=p['width'], stacked_convs=p['stacked_convs'],
+                norm_cfg=dict(type='BN', requires_grad=True))
+    head.anchor_generator.strides = p['strides'][:3]
+
+
 def model_cfg(name: str, arch: str = 'r50', num_classes: int = None,
               pretrained: bool = False) -> ConfigDict:
     """Model config of ``name`` on the shared backbone/neck of ``arch``.
@@ -188,6 +202,8 @@ def model_cfg(name: str, arch: str = 'r50', num_classes: int = None,
             _solov2(model, p, num_classes)
         elif name == 'yolact':
             _yolact(model, p, num_classes)
+        elif name == 'rtmdet_ins':
+            _rtmdet_ins(model, p, num_classes)
     model.data_preprocessor = p['data_preprocessor']
     model.backbone = p['embedmask_backbone' if name == 'embedmask'
                        else 'backbone']

@@ -4,6 +4,8 @@ import os
 import os.path as osp
 from typing import List, Optional
 
+from .batch_tta_report import (BATCH_TARGET, BATCH_TARGET_SIZE, TTA_TARGET,
+                               batch_ratio, batch_section, tta_section)
 from .deploy_report import deployment_section
 from .fmt import num as _f
 from .fmt import ratio as _ratio
@@ -74,6 +76,15 @@ def targets(results: dict) -> List[dict]:
         add('training peak memory (RSS): EmbedMask / CondInst',
             _ratio(tm.get('embedmask', {}).get('peak_rss_mb'),
                    tm.get('condinst', {}).get('peak_rss_mb')), 1.0)
+        if speed.get('batch'):
+            add(f'EmbedMask per-image latency, batch 4 / batch 1 '
+                f'({BATCH_TARGET_SIZE})', batch_ratio(speed), BATCH_TARGET)
+    tta = results.get('tta')
+    if tta:
+        rows = tta['rows']
+        add('TTA segm AP gain over plain testing (demo model), points',
+            100 * (rows['tta']['segm_mAP'] - rows['plain']['segm_mAP']),
+            100 * TTA_TARGET, upper=False, unit='points')
     acc = (results.get('accuracy') or {}).get('models', {})
     # a model that detected nothing gives no evidence either way
     em, ci = ((acc.get(m) or {}).get('segm') if not (acc.get(m) or {}).get(
@@ -356,11 +367,13 @@ def write_report(results: dict, out_path: str) -> List[str]:
     lines += ['## Models', '', meta['models_desc'], '']
     for device, speed in results.get('speed', {}).items():
         lines += _speed_section(speed, device, out_dir, written)
+        lines += batch_section(speed)
     if results.get('accuracy'):
         lines += _accuracy_section(results['accuracy'], out_dir, written)
     else:
         lines += ['## Accuracy at equal budget', '',
                   'Skipped in this run (`--skip-train`).', '']
+    lines += tta_section(results.get('tta'))
     if results.get('deployment'):
         lines += deployment_section(results['deployment'])
     with open(out_path, 'w') as f:
