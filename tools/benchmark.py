@@ -126,7 +126,7 @@ def parse_args(argv=None):
                    '(default 1,2,4)')
     p.add_argument('--batch-reps', type=int, default=None,
                    help='timed repetitions of the batch rows (default: '
-                   '--reps up to 640x640, 3 above; tiny: 1)')
+                   '--reps up to 640x640, max(2, --reps // 3) above; tiny: 1)')
     p.add_argument('--skip-tta', action='store_true',
                    help='leave the test-time augmentation rows out')
     p.add_argument('--only-tta', action='store_true',
@@ -281,15 +281,21 @@ def speed_bench(args, device, save):
             f'{m} {r["median_ms"]:.1f}'
             for m, r in out['latency'][sz(size)].items()))
         save()
-    out['batch'] = dict(batches=list(args.batches), warmup=1, sizes={})
+    out['batch'] = dict(batches=list(args.batches), sizes={})
     for size in args.sizes:
-        reps = args.batch_reps or (
-            args.reps if size[0] * size[1] <= 640 * 640 else 3)
+        # large inputs: building each predictor runs it once, which is the
+        # warm-up, and a third of the repetitions (each round runs every
+        # model at every batch size: minutes at 800x1333)
+        small = size[0] * size[1] <= 640 * 640
+        reps = args.batch_reps or (args.reps if small else
+                                   max(2, args.reps // 3))
+        warmup = 1 if small else 0
         log(f'{device} per-image latency at batch {args.batches}, '
             f'{sz(size)}, {reps} reps')
-        rows = measure.batch_latency(built, size, args.batches, 1, reps,
+        rows = measure.batch_latency(built, size, args.batches, warmup, reps,
                                      device)
-        out['batch']['sizes'][sz(size)] = dict(reps=reps, models=rows)
+        out['batch']['sizes'][sz(size)] = dict(reps=reps, warmup=warmup,
+                                               models=rows)
         log('  per-image median ms ' + '; '.join(
             f'{m} ' + '/'.join(f'{r[b]["median_ms"]:.0f}'
                                for b in args.batches)

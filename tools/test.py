@@ -10,8 +10,8 @@ CPU, fp16 on a GPU); ``--channels-last`` keeps images and conv weights NHWC
 probabilities stay float32, so masks agree with fp32.
 
 ``--tta`` tests with test-time augmentation as mmdet's tools/test.py does:
-the config's ``tta_model`` and ``tta_pipeline`` (EmbedMask configs ship
-them: EmbedMaskTTAModel, flips and scales); without them, EmbedMask models
+the config's ``tta_model`` and ``tta_pipeline`` (our configs set them:
+EmbedMaskTTAModel over flips and scales); without them, EmbedMask models
 get EmbedMaskTTAModel (masks merged too) and other models mmdet's
 DetTTAModel, over a horizontal flip of the test pipeline.
 

@@ -160,7 +160,17 @@ def test_model_base_builds():
 
 @pytest.mark.parametrize('path', CONFIGS, ids=_rel)
 def test_config_builds(path):
-    _check_config_builds(path)
+    cfg, model = _check_config_builds(path)
+    # --tta (ours and mmdet's tools/test.py) finds the mask-merging TTA
+    from mmcv.transforms import Compose
+    from mmdet.registry import MODELS
+    assert cfg.tta_model.type == 'EmbedMaskTTAModel', _rel(path)
+    tta = MODELS.build(dict(**cfg.tta_model, module=model))
+    assert tta.module is model
+    pipeline = Compose(cfg.tta_pipeline)
+    (tta_step, ) = [t for t in pipeline.transforms
+                    if type(t).__name__ == 'TestTimeAug']
+    assert len(tta_step.subroutines) >= 2  # more than one view
 
 
 @pytest.mark.parametrize('path', COCO_CONFIGS, ids=_rel)

@@ -18,3 +18,21 @@ val_dataloader = dict(dataset=dict(type='RobustCocoDataset',
                                    missing_image='error'))
 test_dataloader = val_dataloader
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+
+# test-time augmentation (tools/test.py --tta, ours or mmdet's): the test
+# scale and a larger one, each with and without a horizontal flip, merged by
+# EmbedMaskTTAModel (masks included). Not measured on COCO here; the CPU
+# configs' TTA is measured in docs/benchmarks.md.
+tta_model = dict(type='EmbedMaskTTAModel')
+tta_scales = [(1333, 800), (1333, 1000)]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None,
+         imdecode_backend='pillow'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=s, keep_ratio=True, backend='pillow')
+         for s in tta_scales],
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+        [dict(type='PackDetInputs',
+              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                         'scale_factor', 'flip', 'flip_direction'))]])
+]

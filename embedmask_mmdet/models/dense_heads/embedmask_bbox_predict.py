@@ -114,15 +114,15 @@ class EmbedMaskBboxPredictMixin:
                 mlvl_points, mlvl_strides):
             scores = (flat(cls_score).sigmoid() * flat(ctr).sigmoid()
                       ).reshape(num_imgs, -1)
-            if 0 <= nms_pre < scores.size(1):
-                # non-candidates below every candidate: the top nms_pre
-                # candidates, or all of them when fewer
-                scores, inds = torch.where(
-                    scores > score_thr, scores, scores.new_tensor(-1.)
-                ).topk(nms_pre, dim=1, sorted=False)
-            else:
-                inds = torch.arange(scores.size(1), device=scores.device
-                                    ).expand(num_imgs, -1)
+            # the top nms_pre candidates, or all of them when fewer: one
+            # topk for the batch, non-candidates below every candidate
+            candidates = scores > score_thr
+            k = int(candidates.sum(dim=1).max()) if num_imgs else 0
+            if 0 <= nms_pre < k:
+                k = nms_pre
+            scores, inds = torch.where(
+                candidates, scores, scores.new_tensor(-1.)).topk(
+                    k, dim=1, sorted=False)
             locs = inds // self.cls_out_channels
 
             def at_locs(t):

@@ -106,15 +106,17 @@ class EmbedMaskMaskPredictMixin:
         scale = float(torch.tensor([out_w / img_w, out_h / img_h]).max())
         return (img_h, img_w), (out_h, out_w), scale
 
-    def rescale_boxes(self, bboxes: Tensor, img_meta: dict,
-                      rescale: bool) -> Tensor:
-        """Boxes (N, 4) from ``img_shape`` to the output size, clipped."""
+    def rescale_boxes(self, bboxes: Tensor, img_meta: dict, rescale: bool,
+                      clip: bool = True) -> Tensor:
+        """Boxes (N, 4) from ``img_shape`` to the output size, clipped to it
+        unless ``clip=False``."""
         (img_h, img_w), (out_h, out_w), _ = self.output_geometry(img_meta,
                                                                  rescale)
         scale = bboxes.new_tensor([out_w / img_w, out_h / img_h])
         bboxes = bboxes * scale.repeat(2)
-        bboxes[:, 0::2] = bboxes[:, 0::2].clamp(0, out_w)
-        bboxes[:, 1::2] = bboxes[:, 1::2].clamp(0, out_h)
+        if clip:
+            bboxes[:, 0::2] = bboxes[:, 0::2].clamp(0, out_w)
+            bboxes[:, 1::2] = bboxes[:, 1::2].clamp(0, out_h)
         return bboxes
 
     def crop_padding_px(self, img_meta: dict, rescale: bool) -> float:
@@ -208,14 +210,18 @@ class EmbedMaskMaskPredictMixin:
         # pixel's exact coordinates: sub-cell mask boundaries
         embeds = self.pixel_embedding_at(pixel_embeds, img_shape, out_shape)
         batch, num = q.shape[:2]
-        masks = embeds.new_empty((batch, num, *out_shape), dtype=torch.bool)
+        masks = embeds.new_empty((sum(counts), *out_shape), dtype=torch.bool)
+        # row of each real (image, detection) pair in ``masks``
+        rows = torch.full((batch, num), -1, dtype=torch.long,
+                          device=masks.device)
+        rows[valid] = torch.arange(len(masks), device=masks.device)
         chunk = max(1, max_elements // max(batch * out_shape[0] *
                                            out_shape[1], 1))
         for i in range(0, num, chunk):
             prob = mask_probability(embeds, q[:, i:i + chunk],
                                     s[:, i:i + chunk])
-            torch.gt(prob, threshold, out=masks[:, i:i + chunk])
-        masks = masks[valid]
+            real = valid[:, i:i + chunk]
+            masks[rows[:, i:i + chunk][real]] = prob[real] > threshold
         if boxes is not None:
             chunk = max(1, max_elements // max(out_shape[0] * out_shape[1],
                                                1))

@@ -25,7 +25,7 @@ class EmbedMaskTTAModel(BaseTTAModel):
     Per image: every view's detections are mapped to the original image
     (scaled, flipped back) and merged as mmdet merges boxes: ``batched_nms``
     with ``tta_cfg.nms``, at most ``tta_cfg.max_per_img`` kept, each with
-    its winner's label and score. A kept detection then gathers one *match*
+    its winner's label and its NMS score. A kept detection then gathers one *match*
     per view, the best-scoring detection of that view with its label and box
     IoU >= ``tta_cfg.match_iou`` (in its own view, itself). Its box is the
     mean of its matches' boxes and its mask is p̄ > ``mask_thr``, p̄ the mean
@@ -137,35 +137,42 @@ class EmbedMaskTTAModel(BaseTTAModel):
     def _merge_views(self, views: List[DetDataSample]) -> DetDataSample:
         head = self.module.mask_head
         ori_shape = views[0].metainfo['ori_shape'][:2]
-        boxes, scores, labels, view_of = [], [], [], []
+        boxes, clipped, scores, labels, view_of = [], [], [], [], []
         for v, view in enumerate(views):
             res = view.pred_instances
-            b = head.rescale_boxes(res.bboxes, view.metainfo, True)
-            if view.metainfo.get('flip', False):
-                b = bbox_flip(b, ori_shape, view.metainfo['flip_direction'])
-            boxes.append(b)
+            for out, clip in ((boxes, False), (clipped, True)):
+                # NMS and matching see the boxes as the model's NMS saw
+                # them (unclipped); the output is clipped, as predict's
+                b = head.rescale_boxes(res.bboxes, view.metainfo, True,
+                                       clip=clip)
+                if view.metainfo.get('flip', False):
+                    b = bbox_flip(b, ori_shape,
+                                  view.metainfo['flip_direction'])
+                out.append(b)
             scores.append(res.scores)
             labels.append(res.labels)
             view_of.append(torch.full_like(res.labels, v))
-        boxes, scores, labels, view_of = (torch.cat(t) for t in (
-            boxes, scores, labels, view_of))
+        boxes, clipped, scores, labels, view_of = (torch.cat(t) for t in (
+            boxes, clipped, scores, labels, view_of))
         merged = DetDataSample(metainfo={
             k: v for k, v in views[0].metainfo.items()
             if k not in ('flip', 'flip_direction')})
         result = InstanceData()
         if len(boxes) == 0:
-            result.bboxes, result.scores, result.labels = boxes, scores, labels
+            result.bboxes, result.scores, result.labels = clipped, scores, \
+                labels
             result.masks = boxes.new_zeros((0, *ori_shape), dtype=torch.bool)
             merged.pred_instances = result
             return merged
-        _, keep = batched_nms(boxes, scores, labels, self.tta_cfg['nms'])
+        dets, keep = batched_nms(boxes, scores, labels, self.tta_cfg['nms'])
         keep = keep[:self.tta_cfg['max_per_img']]
         matches = self.view_matches(boxes, scores, labels, view_of, keep,
                                     len(views))
         found = matches >= 0
-        result.bboxes = (boxes[matches.clamp(min=0)] * found[..., None]).sum(
-            1) / found.sum(1, keepdim=True)
-        result.scores = scores[keep]
+        result.bboxes = (clipped[matches.clamp(min=0)] * found[..., None]
+                         ).sum(1) / found.sum(1, keepdim=True)
+        # NMS's scores (soft-NMS decays them)
+        result.scores = dets[:len(keep), -1]
         result.labels = labels[keep]
         result.masks = self.merge_masks(views, matches, view_of, keep,
                                         result.bboxes)
@@ -197,7 +204,8 @@ class EmbedMaskTTAModel(BaseTTAModel):
                                ).argmax(dim=1)
             matches.append(torch.where(cand.any(dim=1), best, -1))
         matches = torch.stack(matches, dim=1)
-        matches[torch.arange(len(keep)), view_of[keep]] = keep
+        matches[torch.arange(len(keep), device=keep.device),
+                view_of[keep]] = keep
         return matches
 
     def merge_masks(self, views: List[DetDataSample], matches: Tensor,

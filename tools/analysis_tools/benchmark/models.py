@@ -163,8 +163,10 @@ def _yolact(model: ConfigDict, p: dict, num_classes: int) -> None:
 def _rtmdet_ins(model: ConfigDict, p: dict, num_classes: int) -> None:
     """RTMDet-Ins-l's head (separate BN per level, shared convs, dynamic
     kernels for its prototype masks) on the shared P3-P5: its own CSPNeXt
-    backbone and PAFPN are replaced like every peer's; SyncBN becomes BN (one
-    process on a CPU)."""
+    backbone and PAFPN are replaced like every peer's, and its tower gets
+    the shared width and depth like the FCOS-family heads' (4 convs at
+    R-50, where RTMDet-Ins-l has 2); SyncBN becomes BN (one process on a
+    CPU)."""
     head = model.bbox_head
     head.update(num_classes=num_classes, in_channels=p['width'],
                 feat_channels=p['width'], stacked_convs=p['stacked_convs'],
