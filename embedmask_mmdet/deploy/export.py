@@ -6,7 +6,9 @@ sizes, so one graph serves every image size) and writes standard ONNX ops
 only; NMS becomes ``NonMaxSuppression`` through a translation table. The
 TorchScript exporter (``dynamo=False``) is deprecated, traces Python
 control flow into constants (per-level top-k sizes would freeze at the
-traced size) and needs hand-written symbolics.
+traced size) and needs hand-written symbolics. Export needs torch >= 2.6
+(``custom_translation_table``, ``torch.compiler.is_exporting``): older ones
+are refused with one line (:func:`check_torch`).
 """
 import os.path as osp
 from typing import Optional, Sequence
@@ -14,6 +16,7 @@ from typing import Optional, Sequence
 import torch
 from mmengine.config import Config
 
+from ..models.utils.torch_compat import export_torch_problem
 from .graph import EmbedMaskGraph
 from .nms import onnx_translation_table
 
@@ -27,6 +30,14 @@ META_MASKS = 'embedmask.masks'
 
 class ExportError(ValueError):
     """Something the user can fix (the message says what)."""
+
+
+def check_torch() -> None:
+    """Raises ExportError (one line: the torch export needs and the one
+    installed) on a torch older than ``torch_compat.EXPORT_MIN_TORCH``."""
+    problem = export_torch_problem()
+    if problem is not None:
+        raise ExportError(problem)
 
 
 def load_config(config) -> Config:
@@ -91,6 +102,7 @@ def export_onnx(config, checkpoint: str, out: str,
         model (nn.Module, optional): An already built detector to export
             instead of building one from ``checkpoint``.
     """
+    check_torch()
     cfg = load_config(config)
     check_exportable(cfg, config if isinstance(config, str) else 'the config')
     divisor = pad_divisor(cfg)

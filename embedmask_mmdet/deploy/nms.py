@@ -9,10 +9,13 @@ that the ONNX translation table maps onto ``NonMaxSuppression``.
 import torch
 from torch import Tensor
 
+from ..models.utils.torch_compat import custom_op
+
 __all__ = ['multiclass_nms', 'onnx_translation_table']
 
 
-@torch.library.custom_op('embedmask::multiclass_nms', mutates_args=())
+# a plain function on torch < 2.4 (export refuses that torch; eager is the same)
+@custom_op('embedmask::multiclass_nms', mutates_args=())
 def multiclass_nms(boxes: Tensor, scores: Tensor, max_per_class: int,
                    iou_thr: float, score_thr: float) -> Tensor:
     """ONNX ``NonMaxSuppression`` semantics for one image.

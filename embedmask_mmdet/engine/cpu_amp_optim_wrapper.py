@@ -85,6 +85,12 @@ class CpuAmpOptimWrapper(AmpOptimWrapper):
         if str(dtype).replace('torch.', '') not in CPU_DTYPES:
             raise ValueError(f'CPU autocast runs in {" or ".join(CPU_DTYPES)},'
                              f' got dtype={dtype}')
+        if dtype == torch.float16 and not hasattr(torch.amp, 'GradScaler'):
+            # torch < 2.3: CPU autocast is bf16 only, no CPU GradScaler (the
+            # library's other torch guards: models/utils/torch_compat.py)
+            raise ValueError(
+                'float16 autocast on a CPU needs torch >= 2.3, this is torch '
+                f'{torch.__version__}; use dtype="bfloat16" (the default)')
         OptimWrapper.__init__(self, **kwargs)
         self.cast_dtype = dtype
         self._scale_update_param = None
@@ -95,7 +101,7 @@ class CpuAmpOptimWrapper(AmpOptimWrapper):
                                  'supported; use dtype="bfloat16"')
             self.loss_scaler = self._cpu_grad_scaler(loss_scale)
 
-    def _cpu_grad_scaler(self, loss_scale) -> torch.amp.GradScaler:
+    def _cpu_grad_scaler(self, loss_scale) -> 'torch.amp.GradScaler':
         if loss_scale == 'dynamic':
             return torch.amp.GradScaler('cpu')
         if isinstance(loss_scale, float):

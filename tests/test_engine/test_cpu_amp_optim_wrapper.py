@@ -16,6 +16,8 @@ from mmengine.runner import Runner
 
 from embedmask_mmdet.datasets import generate_synthetic_coco
 from embedmask_mmdet.engine import CpuAmpOptimWrapper, enable_amp
+from embedmask_mmdet.models.utils.torch_compat import (autocast_dtype,
+                                                       autocast_enabled)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CPU_CONFIG = osp.join(ROOT,
@@ -23,6 +25,8 @@ CPU_CONFIG = osp.join(ROOT,
 SIZE = 128
 ITERS = 30
 ON_CPU = not torch.cuda.is_available()
+# torch >= 2.3: float16 CPU autocast and a CPU GradScaler (2.1 / 2.2: bf16)
+CPU_FP16 = hasattr(torch.amp, 'GradScaler')
 
 
 def load_train_tool():
@@ -83,9 +87,16 @@ def test_wrapper_on_cpu():
     # is dropped on load
     state = wrapper.state_dict()
     assert 'loss_scaler' not in state
-    state['loss_scaler'] = torch.amp.GradScaler('cpu').state_dict()
+    state['loss_scaler'] = torch.amp.GradScaler('cpu').state_dict() \
+        if CPU_FP16 else {'scale': 65536., '_growth_tracker': 0}
     wrapper.load_state_dict(state)
+    with pytest.raises(ValueError, match='CPU autocast'):
+        build_wrapper(model, dtype='float64')
 
+    if not CPU_FP16:  # torch < 2.3: refused with the torch it needs
+        with pytest.raises(ValueError, match=r'needs torch >= 2\.3'):
+            build_wrapper(model, dtype='float16', loss_scale=256.)
+        return
     # fp16 on a CPU gets a CPU GradScaler built from loss_scale
     wrapper = build_wrapper(model, dtype='float16', loss_scale=256.)
     assert isinstance(wrapper.loss_scaler, torch.amp.GradScaler)
@@ -94,8 +105,6 @@ def test_wrapper_on_cpu():
     assert out.dtype == torch.float16
     wrapper.update_params(out.float().sum())
     assert wrapper.state_dict()['loss_scaler']['scale'] == 256.
-    with pytest.raises(ValueError, match='CPU autocast'):
-        build_wrapper(model, dtype='float64')
 
 
 @pytest.mark.skipif(ON_CPU, reason='needs CUDA')
@@ -162,8 +171,8 @@ def test_train_py_amp_trains_the_cpu_config(tmp_path):
         if module.training:
             device = output.device.type
             conv_dtypes.append((output.dtype,
-                                torch.is_autocast_enabled(device),
-                                torch.get_autocast_dtype(device)))
+                                autocast_enabled(device),
+                                autocast_dtype(device)))
 
     model = runner.model
     conv = model.backbone.conv1
@@ -192,7 +201,7 @@ def test_train_py_amp_trains_the_cpu_config(tmp_path):
     assert set(conv_dtypes) == {(amp_dtype, True, amp_dtype)}, conv_dtypes[:3]
     # outside the optim context: float32 master weights, autocast off
     assert conv.weight.dtype == torch.float32
-    assert not torch.is_autocast_enabled('cpu')
+    assert not autocast_enabled('cpu')
     # every step was taken (none skipped by a scaler)
     steps = {int(s['step']) for s in wrapper.optimizer.state.values()}
     assert steps == {ITERS}

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from embedmask_mmdet.deploy.export import (ExportError, build_model,
-                                           check_exportable, export_onnx,
-                                           load_config, pad_divisor)
+                                           check_exportable, check_torch,
+                                           export_onnx, load_config,
+                                           pad_divisor)
 from embedmask_mmdet.deploy.graph import EmbedMaskGraph
 
 
@@ -72,6 +73,7 @@ def verify(graph, out: str, shape) -> None:
 def main(argv=None):
     args = parse_args(argv)
     try:
+        check_torch()
         cfg = load_config(args.config)
         check_exportable(cfg, args.config)
         model = build_model(cfg, args.checkpoint)

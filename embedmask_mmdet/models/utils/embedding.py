@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .torch_compat import is_exporting
+
 # floats of one (proposals, pixels) slab of the energy: 1 MB, cache-sized
 ENERGY_BLOCK_ELEMENTS = 2**18
 # exp() of a larger log-margin overflows float16 and makes p a step function
@@ -130,7 +132,7 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
         centre = x.detach().mean(dim=2)
         x, q, s = x - centre[..., None], proposal_embed.float() - \
             centre[:, None], margin.float()
-        if torch.compiler.is_exporting():
+        if is_exporting():
             # the same sum as a graph (the number of proposals is not known
             # when it is traced); inference only
             energy = sum(

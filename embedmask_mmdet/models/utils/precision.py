@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .torch_compat import autocast_enabled
+
 
 def autocast_off(like: Tensor):
     """A context with autocast disabled on ``like``'s device.
@@ -26,7 +28,7 @@ class Float32Conv2d(nn.Conv2d):
     parameters and state-dict keys)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(x.device.type):
+        if autocast_enabled(x.device.type):
             with autocast_off(x):
                 return super().forward(x.float())
         return super().forward(x)
