@@ -1,7 +1,7 @@
 """Run a trained model on an image or a folder of images and draw the results.
 
     python tools/demo.py IMAGE_OR_DIR CONFIG CHECKPOINT --out-dir DIR
-        [--score-thr 0.3] [--device cpu] [--limit N] [--amp] [--channels-last]
+        [--score-thr 0.3] [--device cuda:0|cpu] [--limit N] [--amp] [--channels-last]
 
 Each picture (masks, boxes, class names, scores, drawn by mmdet's
 DetLocalVisualizer) is written to DIR/<image name>.png. An unreadable image
@@ -40,7 +40,9 @@ def parse_args(argv=None):
     parser.add_argument('--out-dir', required=True, help='folder for the PNGs')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='draw detections scoring above this')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument(
+        '--device', default='cuda:0' if torch.cuda.is_available() else 'cpu',
+        help='torch device (default: cuda:0 when CUDA is available, else cpu)')
     parser.add_argument('--limit', type=int, default=0,
                         help='only the first N images of a folder (0: all)')
     parser.add_argument('--amp', action='store_true',

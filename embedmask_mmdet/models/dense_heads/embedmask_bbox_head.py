@@ -14,7 +14,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..utils import (autocast_off, check_choice, check_embed_dim,
-                     prior_margin_bias,
+                     gt_mask_tensor, prior_margin_bias,
                      proposal_margin)
 from .embedmask_bbox_predict import EmbedMaskBboxPredictMixin
 
@@ -424,8 +424,7 @@ class EmbedMaskBboxHead(EmbedMaskBboxPredictMixin, CondInstBboxHead):
             self.center_sample_on == 'mask'
         if gt_masks is None or not (need_centroid or self.sample_in_mask):
             return None
-        return gt_masks.to_tensor(dtype=torch.bool,
-                                  device=gt_instances.bboxes.device)
+        return gt_mask_tensor(gt_instances, gt_instances.bboxes.device)
 
     def _sample_centers(self, gt_bboxes: Tensor,
                         masks: Optional[Tensor]) -> Tuple[Tensor, Tensor]:

@@ -10,13 +10,16 @@ from mmcv.cnn import ConvModule
 from mmdet.models.dense_heads.base_mask_head import BaseMaskHead
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps
-from mmdet.utils import ConfigType, InstanceList, OptConfigType
+from mmdet.models.utils import unpack_gt_instances
+from mmdet.utils import (ConfigType, InstanceList, OptConfigType,
+                         OptInstanceList)
 from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..utils import (check_choice, check_embed_dim, location_map,
                      mask_logit, mask_probability, spatial_embedding)
-from ..utils.mask_targets import ALIGNMENTS, cell_targets, upsample_prob
+from ..utils.mask_targets import (ALIGNMENTS, cell_targets, gt_mask_tensor,
+                                  pad_gt_masks, upsample_prob)
 from .embedmask_mask_predict import EmbedMaskMaskPredictMixin
 from .pixel_branch import PIXEL_BRANCHES, EmbedMaskPixelBranch
 
@@ -287,6 +290,24 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
                              self.alignment)
 
     # --------------------------------------------------------------------- loss
+    def loss(self, x: Tuple[Tensor], batch_data_samples,
+             positive_infos: OptInstanceList = None, **kwargs) -> dict:
+        """``BaseMaskHead.loss``: the forward, the gt masks padded to the
+        batch input shape, :meth:`loss_by_feat`. The padding keeps the gt
+        masks' tensor that the box head already made
+        (:func:`pad_gt_masks`), so they are rasterised once per image and
+        step, not again here and for the semantic targets."""
+        outs = self(x, positive_infos)
+        batch_gt_instances, batch_gt_instances_ignore, batch_img_metas = \
+            unpack_gt_instances(batch_data_samples)
+        for gt_instances, img_meta in zip(batch_gt_instances,
+                                          batch_img_metas):
+            pad_gt_masks(gt_instances, img_meta['batch_input_shape'])
+        return self.loss_by_feat(
+            *outs, batch_gt_instances=batch_gt_instances,
+            batch_img_metas=batch_img_metas, positive_infos=positive_infos,
+            batch_gt_instances_ignore=batch_gt_instances_ignore, **kwargs)
+
     def sample_positives(self, positive_infos: InstanceList,
                          batch_gt_instances: InstanceList) -> InstanceList:
         """Positives whose masks are trained, per ``self.sampling``.
@@ -379,9 +400,8 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
                                          batch_gt_instances):
             if len(info) == 0:
                 continue
-            gt_masks = cell_targets(
-                gt.masks.to_tensor(dtype=torch.bool, device=pixel_embed.device),
-                self.mask_out_stride, self.alignment)
+            gt_masks = cell_targets(gt_mask_tensor(gt, pixel_embed.device),
+                                    self.mask_out_stride, self.alignment)
             prob = self.mask_prob_at_out_stride(pixel_embed, info)
             h = min(prob.size(1), gt_masks.size(1))
             w = min(prob.size(2), gt_masks.size(2))
@@ -449,8 +469,7 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         """
         targets = []
         for gt in batch_gt_instances:
-            full = gt.masks.to_tensor(dtype=torch.bool,
-                                      device=gt.labels.device)
+            full = gt_mask_tensor(gt, gt.labels.device)
             masks = cell_targets(full, stride, self.alignment)
             target = gt.labels.new_full(size, self.num_classes)
             if len(masks):
@@ -487,7 +506,9 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         stride = self.semantic_stride
         targets = self.semantic_targets(batch_gt_instances, stride, (h, w))
         targets = targets.flatten()
-        num_pos = max(float((targets < self.num_classes).sum()), 1.)
+        # a tensor, not a float: no host sync in the training step
+        num_pos = (targets < self.num_classes).sum().float().clamp(min=1.)
+        # float32 under autocast: the loss is exact
         return self.loss_semantic(
-            sem_logits.permute(0, 2, 3, 1).reshape(-1, c), targets,
+            sem_logits.float().permute(0, 2, 3, 1).reshape(-1, c), targets,
             avg_factor=num_pos)

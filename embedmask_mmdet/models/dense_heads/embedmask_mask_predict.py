@@ -103,7 +103,8 @@ class EmbedMaskMaskPredictMixin:
         img_h, img_w = img_meta['img_shape'][:2]
         out_h, out_w = img_meta['ori_shape'][:2] if rescale else (img_h, img_w)
         # float32, as the boxes are scaled
-        scale = float(torch.tensor([out_w / img_w, out_h / img_h]).max())
+        scale = float(torch.tensor([out_w / img_w, out_h / img_h],
+                                   device='cpu').max())
         return (img_h, img_w), (out_h, out_w), scale
 
     def rescale_boxes(self, bboxes: Tensor, img_meta: dict, rescale: bool,

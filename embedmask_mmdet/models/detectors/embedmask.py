@@ -1,13 +1,48 @@
 import warnings
+import weakref
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn as nn
 from mmdet.models.detectors.single_stage_instance_seg import \
     SingleStageInstanceSegmentor
 from mmdet.registry import MODELS
+from mmengine.dist import all_reduce, get_rank, get_world_size
 from mmengine.logging import MessageHub
+from torch import Tensor
 
 NONFINITE_LOSS = ('raise', 'warn')
+
+
+# torch.compile'd backbone + neck per model, outside the module: state-dict
+# keys, deepcopy (EMA) and pickling stay those of the plain model
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled_feat(model) -> Callable:
+    """``torch.compile`` of the model's backbone + neck forward, made on
+    first use with ``model.compile_feat``'s arguments (``True``: torch's
+    defaults)."""
+    fn = _COMPILED.get(model)
+    if fn is None:
+        kwargs = model.compile_feat if isinstance(model.compile_feat,
+                                                  dict) else {}
+        fn = torch.compile(
+            partial(SingleStageInstanceSegmentor.extract_feat, model),
+            **kwargs)
+        _COMPILED[model] = fn
+    return fn
+
+
+def all_ranks_true(flag: Tensor) -> bool:
+    """Whether a bool scalar is true on every rank (an all-reduce of its
+    minimum; just ``bool(flag)`` outside distributed training)."""
+    if get_world_size() == 1:
+        return bool(flag)
+    flag = flag.to(torch.int32).reshape(1)
+    all_reduce(flag, op='min')
+    return bool(flag)
 
 
 @MODELS.register_module()
@@ -26,22 +61,37 @@ class EmbedMask(SingleStageInstanceSegmentor):
     (and the checkpoints) stay those of the last finite iteration; 'warn'
     warns and replaces all losses of that iteration by zeros (zero gradients;
     the optimizer still applies momentum and weight decay). Either way the
-    BatchNorm running statistics that forward pass updated are restored.
+    BatchNorm running statistics that forward pass updated are restored. In
+    distributed training the check is all-reduced, so every rank raises (or
+    skips the iteration) together instead of one rank leaving the others in
+    the gradient all-reduce until the NCCL timeout.
 
     ``channels_last=True`` keeps images and conv weights in NHWC memory
     layout: the same results, and oneDNN's CPU convolutions (depthwise ones
     above all) run much faster in it (about 1.2-1.5x per training step on
     the CPU configs). Checkpoints are layout-independent.
+
+    ``compile_feat=True`` (or a dict of ``torch.compile`` arguments, e.g.
+    ``dict(mode='max-autotune')``) runs the backbone and neck through
+    ``torch.compile`` (made on the first forward; the heads, whose shapes
+    change with the number of detections, stay eager). Parameters and
+    checkpoints are unchanged.
     """
 
     def __init__(self, *args, nonfinite_loss: str = 'raise',
-                 channels_last: bool = False, **kwargs) -> None:
+                 channels_last: bool = False, compile_feat=False,
+                 **kwargs) -> None:
         if nonfinite_loss not in NONFINITE_LOSS:
             raise ValueError(f'EmbedMask: nonfinite_loss={nonfinite_loss!r} '
                              f'is not supported; use one of {NONFINITE_LOSS}')
         super().__init__(*args, **kwargs)
         self.nonfinite_loss = nonfinite_loss
         self.channels_last = bool(channels_last)
+        if not isinstance(compile_feat, (bool, dict)):
+            raise ValueError('EmbedMask: compile_feat must be a bool or a '
+                             'dict of torch.compile arguments, got '
+                             f'{compile_feat!r}')
+        self.compile_feat = compile_feat
         if self.channels_last:
             # 4-D weights only; init and checkpoint loading copy in place,
             # which keeps the layout
@@ -77,6 +127,8 @@ class EmbedMask(SingleStageInstanceSegmentor):
         if self.channels_last:
             batch_inputs = batch_inputs.contiguous(
                 memory_format=torch.channels_last)
+        if self.compile_feat:
+            return compiled_feat(self)(batch_inputs)
         return super().extract_feat(batch_inputs)
 
     def loss(self, batch_inputs, batch_data_samples) -> dict:
@@ -114,10 +166,17 @@ class EmbedMask(SingleStageInstanceSegmentor):
         terms = {k: torch.stack([t.detach().float().sum() for t in (
             v if isinstance(v, (list, tuple)) else [v])])
             for k, v in losses.items() if 'loss' in k}
-        if not terms or torch.isfinite(torch.cat(list(terms.values()))).all():
+        if not terms:
+            return losses
+        finite = torch.isfinite(torch.cat(list(terms.values()))).all()
+        # every rank takes the same branch: a rank that raised or skipped
+        # alone would leave the others waiting in DDP's all-reduce
+        all_finite = all_ranks_true(finite)
+        if all_finite:
             return losses  # one device sync per iteration
         bad = ', '.join(f'{k}={t.sum().item()}' for k, t in terms.items()
-                        if not torch.isfinite(t).all())
+                        if not torch.isfinite(t).all()) or \
+            f'on another rank (this is rank {get_rank()})'
         it = MessageHub.get_current_instance().get_info('iter')
         where = 'outside a training loop' if it is None else \
             f'at iteration {it + 1} (runner.iter={it})'

@@ -49,6 +49,25 @@ def sigmoid_focal_loss_and_grad(logits: Tensor, targets: Tensor, gamma: float,
     return loss, grad
 
 
+def mmcv_cuda_focal_loss() -> bool:
+    """Whether mmcv's compiled ops have the CUDA focal-loss kernel (a
+    CPU-only mmcv build has the op but no CUDA implementation)."""
+    global _MMCV_CUDA_FOCAL
+    if _MMCV_CUDA_FOCAL is None:
+        try:
+            from mmcv.ops import sigmoid_focal_loss
+            x = torch.zeros((1, 2), device='cuda', requires_grad=True)
+            sigmoid_focal_loss(x, torch.zeros(1, dtype=torch.long,
+                                              device='cuda'), 2., .25).sum()
+            _MMCV_CUDA_FOCAL = True
+        except (ImportError, RuntimeError, NotImplementedError):
+            _MMCV_CUDA_FOCAL = False
+    return _MMCV_CUDA_FOCAL
+
+
+_MMCV_CUDA_FOCAL = None
+
+
 class _SigmoidFocal(torch.autograd.Function):
     """Focal loss summed with ``weight``; keeps only the weighted gradient."""
 
@@ -82,7 +101,21 @@ class FusedFocalLoss(FocalLoss):
     reduced by 'mean' (with or without ``avg_factor``) or 'sum'. One-hot or
     soft targets, reduction 'none' and ``activated=True`` fall back to
     mmdet's implementation.
+
+    On CUDA tensors, with ``cuda_kernel=True`` (default) and mmcv's compiled
+    CUDA ops, the loss is mmdet's, i.e. mmcv's fused focal-loss kernels (one
+    kernel forward, one backward, against about 15 elementwise kernels
+    here), on float32 logits so that it is exact under fp16 autocast.
+
+    Args:
+        cuda_kernel (bool): Use mmcv's CUDA kernel on CUDA tensors. Defaults
+            to True.
+        **kwargs: mmdet's ``FocalLoss`` arguments.
     """
+
+    def __init__(self, *args, cuda_kernel: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cuda_kernel = bool(cuda_kernel)
 
     def forward(self, pred: Tensor, target: Tensor,
                 weight: Optional[Tensor] = None,
@@ -93,6 +126,9 @@ class FusedFocalLoss(FocalLoss):
         if not self.use_sigmoid or self.activated or reduction == 'none' \
                 or target.dim() == pred.dim():
             return super().forward(pred, target, weight, avg_factor,
+                                   reduction_override)
+        if pred.is_cuda and self.cuda_kernel and mmcv_cuda_focal_loss():
+            return super().forward(pred.float(), target, weight, avg_factor,
                                    reduction_override)
         if reduction == 'sum' and avg_factor is not None:
             raise ValueError('avg_factor can not be used with reduction="sum"')

@@ -11,3 +11,6 @@ __all__ += ['check_choice', 'check_embed_dim']
 from .precision import Float32Conv2d, autocast_off  # noqa: E402
 
 __all__ += ['Float32Conv2d', 'autocast_off']
+from .mask_targets import gt_mask_tensor  # noqa: E402
+
+__all__ += ['gt_mask_tensor']

@@ -245,7 +245,8 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     out_h, out_w = out_shape
     if regions is None:
         regions = prob.device.type == 'cpu'
-    full = torch.ones(num, dtype=torch.bool)
+    # host-side selection of the detections pasted whole (indices in Python)
+    full = torch.ones(num, dtype=torch.bool, device='cpu')
     if regions and num and out_h * out_w:
         h, w, scale = _cells_and_scale(stride, img_shape, out_shape,
                                        prob.size(1), prob.size(2))
@@ -330,11 +331,15 @@ def resample_aligned_bilinear(prob: Tensor, stride: int,
     Returns:
         Tensor: (N, out_h, out_w) resampled probabilities.
     """
-    weight_y = _aligned_axis_weights(prob.size(1), stride, img_shape[0],
-                                     out_shape[0], prob)
-    weight_x = _aligned_axis_weights(prob.size(2), stride, img_shape[1],
-                                     out_shape[1], prob)
-    return weight_y @ prob @ weight_x.T
+    # float32 under autocast: matmuls are autocast-eligible, and these
+    # values meet the mask threshold
+    with torch.autocast(prob.device.type, enabled=False):
+        prob = prob.float()
+        weight_y = _aligned_axis_weights(prob.size(1), stride, img_shape[0],
+                                         out_shape[0], prob)
+        weight_x = _aligned_axis_weights(prob.size(2), stride, img_shape[1],
+                                         out_shape[1], prob)
+        return weight_y @ prob @ weight_x.T
 
 
 def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
@@ -374,10 +379,28 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
     Returns:
         Tensor: (N, out_h, out_w) bool.
     """
-    num, h, w = prob.shape
+    num = prob.size(0)
     masks = prob.new_zeros((num, *out_shape), dtype=torch.bool)
     if num == 0 or out_shape[0] * out_shape[1] == 0:
         return masks
+    # float32 under autocast (see resample_aligned_bilinear)
+    with torch.autocast(prob.device.type, enabled=False):
+        _paste_aligned_spans(prob.float(), stride, img_shape, out_shape,
+                             threshold, masks)
+    if boxes is not None:
+        chunk = max(1, max_elements // max(out_shape[0] * out_shape[1], 1))
+        for i in range(0, num, chunk):
+            crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
+                                box_padding)
+    return masks
+
+
+def _paste_aligned_spans(prob: Tensor, stride: int, img_shape: Tuple[int, int],
+                         out_shape: Tuple[int, int], threshold: float,
+                         masks: Tensor) -> None:
+    """Writes W_y P W_x^T > threshold of each detection into ``masks``
+    (N, out_h, out_w), on the rectangle its above-threshold cells reach."""
+    h, w = prob.shape[1:]
     weight_y = _aligned_axis_weights(h, stride, img_shape[0], out_shape[0],
                                      prob)
     weight_x = _aligned_axis_weights(w, stride, img_shape[1], out_shape[1],
@@ -395,9 +418,3 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
         vals = weight_y[y0:y1, cy0:cy1] @ prob[n, cy0:cy1, cx0:cx1] @ \
             weight_x[x0:x1, cx0:cx1].T
         torch.gt(vals, threshold, out=masks[n, y0:y1, x0:x1])
-    if boxes is not None:
-        chunk = max(1, max_elements // max(out_shape[0] * out_shape[1], 1))
-        for i in range(0, num, chunk):
-            crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
-                                box_padding)
-    return masks

@@ -13,6 +13,8 @@ Two conventions, each consistent between training and test:
 
 Shapes: G masks, (H, W) image, (h, w) = ceil((H, W) / s) cells.
 """
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from mmdet.models.utils.misc import aligned_bilinear
@@ -76,3 +78,69 @@ def upsample_prob(prob: Tensor, factor: int, alignment: str = 'centre'
         return aligned_bilinear(prob[:, None], factor)[:, 0]
     return F.interpolate(prob[None], scale_factor=factor, mode='bilinear',
                          align_corners=False)[0]
+
+
+def gt_mask_tensor(gt_instances, device) -> Tensor:
+    """The gt masks of one image as a (G, H, W) bool tensor on ``device``,
+    made once per image and training step.
+
+    ``PolygonMasks`` are rasterised on the CPU (pycocotools) and copied to
+    the device; the box head's centre sampling, the mask loss and the
+    semantic targets all need the same tensor, so it is kept on the
+    ``InstanceData`` (as a plain attribute, not a data field: indexing or
+    concatenating the gt instances drops it) and reused while ``masks`` is
+    the same object (:func:`pad_gt_masks` carries it over a padding).
+
+    Args:
+        gt_instances (:obj:`InstanceData`): Gt instances of one image with
+            ``masks`` (``BitmapMasks``/``PolygonMasks`` or a tensor).
+        device (torch.device | str): Device of the result.
+
+    Returns:
+        Tensor: (G, H, W) bool.
+    """
+    masks = gt_instances.masks
+    if isinstance(masks, Tensor):
+        return masks.to(device=device, dtype=torch.bool)
+    cache = gt_instances.__dict__.get('_mask_tensor_cache')
+    if cache is not None and cache[0] is masks and \
+            cache[1].device == torch.device(device):
+        return cache[1]
+    array = torch.from_numpy(masks.to_ndarray()).to(torch.bool)
+    if array.device != torch.device(device) and torch.device(
+            device).type == 'cuda':
+        # a pinned buffer lets the copy overlap with the host
+        array = array.pin_memory().to(device, non_blocking=True)
+    else:
+        array = array.to(device)
+    object.__setattr__(gt_instances, '_mask_tensor_cache', (masks, array))
+    return array
+
+
+def pad_gt_masks(gt_instances, shape: Tuple[int, int]) -> None:
+    """``gt_instances.masks = gt_instances.masks.pad(shape)``, as mmdet's
+    ``BaseMaskHead.loss`` does, keeping the tensor of :func:`gt_mask_tensor`
+    (zero-padded on its device) so that the padded masks are not rasterised
+    again.
+
+    Zero padding is exactly what ``BitmapMasks.pad`` does; for polygons it
+    equals rasterising them on the larger canvas except for polygon parts
+    outside the masks' own canvas (outside the image), which stay
+    background.
+
+    Args:
+        gt_instances (:obj:`InstanceData`): Gt instances with ``masks``.
+        shape (tuple[int, int]): (H, W) to pad to (``batch_input_shape``).
+    """
+    cache = gt_instances.__dict__.get('_mask_tensor_cache')
+    masks = gt_instances.masks
+    padded = masks.pad(tuple(shape[:2]))
+    gt_instances.masks = padded
+    if cache is None or cache[0] is not masks:
+        return
+    tensor = cache[1]
+    pad_h, pad_w = shape[0] - tensor.size(1), shape[1] - tensor.size(2)
+    if pad_h < 0 or pad_w < 0:
+        return
+    tensor = F.pad(tensor, (0, pad_w, 0, pad_h))
+    object.__setattr__(gt_instances, '_mask_tensor_cache', (padded, tensor))

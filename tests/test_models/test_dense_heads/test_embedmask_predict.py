@@ -194,6 +194,7 @@ def test_batched_predict_equals_one_image_at_a_time(case):
     same masks (a vectorised exp/sigmoid may round a batch's tail
     differently by an ulp, hence the tolerances)."""
     mask_overrides, cfg_overrides = BATCH_CASES[case]
+    torch.manual_seed(1)  # the weights, whatever ran before
     bbox_head, mask_head = build_heads(mask_overrides=mask_overrides)
     with torch.no_grad():
         # margins making p = 0.5 about 20 px away, embeddings varied

@@ -309,3 +309,55 @@ def test_checkpoints_with_condinst_controller_key_still_load(model):
     got = fresh.bbox_head.embedding_head.embed_conv.weight
     want = model.bbox_head.embedding_head.embed_conv.weight + 1
     assert torch.equal(got, want)
+
+
+def test_compile_feat_keeps_outputs_keys_and_deepcopy():
+    """compile_feat runs backbone + neck through torch.compile (the 'eager'
+    backend here: the wiring, not inductor): the same features, the same
+    state-dict keys, and the model still deep-copies (EMA)."""
+    torch.manual_seed(4)
+    ref = MODELS.build(tiny_model_cfg())
+    ref.init_weights()
+    comp = MODELS.build({**tiny_model_cfg(),
+                         'compile_feat': dict(backend='eager')})
+    comp.load_state_dict(ref.state_dict())
+    assert list(comp.state_dict()) == list(ref.state_dict())
+    ref.eval()
+    comp.eval()
+    data = ref.data_preprocessor(packed_batch(False), False)
+    with torch.no_grad():
+        want = ref.extract_feat(data['inputs'])
+        got = comp.extract_feat(data['inputs'])
+    from embedmask_mmdet.models.detectors.embedmask import _COMPILED
+    assert comp in _COMPILED and ref not in _COMPILED
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a)
+    copy.deepcopy(comp)
+    with pytest.raises(ValueError, match='compile_feat'):
+        MODELS.build({**tiny_model_cfg(), 'compile_feat': 'yes'})
+
+
+def test_nonfinite_check_is_taken_by_every_rank(monkeypatch):
+    """A NaN on another rank only: this rank raises too (instead of
+    entering DDP's all-reduce alone), and says where the NaN was."""
+    from embedmask_mmdet.models.detectors import embedmask as mod
+    calls = []
+
+    def fake_all_reduce(flag, op):
+        calls.append(op)
+        flag.zero_()  # another rank's loss was not finite
+
+    monkeypatch.setattr(mod, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(mod, 'get_rank', lambda: 1)
+    monkeypatch.setattr(mod, 'all_reduce', fake_all_reduce)
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_model_cfg())
+    model.init_weights()
+    model.train()
+    data = model.data_preprocessor(packed_batch(True), True)
+    with pytest.raises(FloatingPointError, match='on another rank'):
+        model(**data, mode='loss')
+    assert calls == ['min']
+    monkeypatch.setattr(mod, 'all_reduce', lambda flag, op: None)
+    losses = model(**data, mode='loss')  # every rank finite: goes on
+    assert all(torch.isfinite(v) for v in losses.values())
