@@ -55,12 +55,42 @@ fi
 
 step "4/7 mmcv $MMCV_VERSION with compiled ops (--no-build-isolation: under isolation it builds without ops)"
 mmcv_ops_ok() { $PY -c 'from mmcv.ops import batched_nms' >/dev/null 2>&1; }
-if have mmcv "==$MMCV_VERSION" && mmcv_ops_ok; then
-  echo "ok: mmcv $MMCV_VERSION, ops import"
+# on a machine whose torch sees CUDA, the ops must run there too: a CPU-only
+# build imports fine and trains (no mmcv op in the training step), then
+# the first validation dies in batched_nms
+cuda=$($PY -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+mmcv_cuda_ok() { [ "$cuda" = 0 ] || $PY - >/dev/null 2>&1 <<'PYEOF'
+import torch
+from mmcv.ops import batched_nms
+b = torch.tensor([[0., 0., 10., 10.]], device='cuda')
+batched_nms(b, torch.ones(1, device='cuda'), torch.zeros(1, dtype=torch.long, device='cuda'),
+            dict(type='nms', iou_threshold=0.5))
+PYEOF
+}
+openmmlab_index() { $PY -c 'import torch; v = torch.version.cuda or "cpu"; t = ".".join(torch.__version__.split("+")[0].split(".")[:2]); print("https://download.openmmlab.com/mmcv/dist/" + ("cu" + v.replace(".", "") if v != "cpu" else "cpu") + "/torch" + t + "/index.html")'; }
+if have mmcv "==$MMCV_VERSION" && mmcv_ops_ok && mmcv_cuda_ok; then
+  echo "ok: mmcv $MMCV_VERSION, ops import$([ "$cuda" = 1 ] && echo ', batched_nms runs on CUDA')"
 else
+  if have mmcv && [ "$cuda" = 1 ] && mmcv_ops_ok; then
+    echo "mmcv's ops do not run on CUDA (a CPU-only build): replacing it with a CUDA build"
+    $PIP uninstall -y mmcv
+  fi
   $PIP install $PIP_EXTRA 'mmengine>=0.10.4,<0.11' 'opencv-python-headless' 'numpy<2.3'
   find_links=()
-  if [ -d "$WHEELS" ] && ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+  no_binary=()
+  build_env=(MMCV_WITH_OPS=1)
+  if [ "$cuda" = 1 ]; then
+    # ../shared/wheels' mmcv is CPU-only: build with CUDA kernels instead
+    command -v nvcc >/dev/null || [ -n "${CUDA_HOME:-}" ] || die "torch sees CUDA, but there is no nvcc (CUDA toolkit) to build mmcv's CUDA kernels.
+  Fix: install OpenMMLab's prebuilt wheel for this torch/CUDA:
+    $PIP install mmcv==$MMCV_VERSION -f $(openmmlab_index)
+  (prebuilt mmcv $MMCV_VERSION wheels exist up to torch 2.1), or install the CUDA toolkit matching torch.version.cuda and rerun."
+    echo "building mmcv $MMCV_VERSION with CUDA kernels for this GPU (FORCE_CUDA=1; 10-30 minutes). A prebuilt wheel, where OpenMMLab has one:"
+    echo "  $PIP install mmcv==$MMCV_VERSION -f $(openmmlab_index)"
+    # a wheel cached by an earlier CPU build would come back: build anew
+    no_binary=(--no-binary mmcv --no-cache-dir)
+    build_env+=(FORCE_CUDA=1 "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}")
+  elif [ -d "$WHEELS" ] && ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
     echo "using prebuilt wheels from $WHEELS"
     find_links=(--find-links "$WHEELS")
   else
@@ -68,11 +98,14 @@ else
     echo "GPU users: set TORCH_SPEC to your CUDA torch, or install OpenMMLab's wheel first:"
     echo "  pip install mmcv==$MMCV_VERSION -f https://download.openmmlab.com/mmcv/dist/cuXXX/torchX.Y/index.html"
   fi
-  MMCV_WITH_OPS=1 $PIP install $PIP_EXTRA --no-build-isolation "${find_links[@]}" "mmcv==$MMCV_VERSION"
+  env "${build_env[@]}" $PIP install $PIP_EXTRA --no-build-isolation "${no_binary[@]}" "${find_links[@]}" "mmcv==$MMCV_VERSION"
 fi
 mmcv_ops_ok || die "mmcv is installed but 'from mmcv.ops import batched_nms' fails: it was built without its compiled ops.
   Fix: $PIP uninstall -y mmcv && MMCV_WITH_OPS=1 $PIP install --no-build-isolation --no-cache-dir mmcv==$MMCV_VERSION
   Cause: $($PY -c 'from mmcv.ops import batched_nms' 2>&1 | tail -1)"
+mmcv_cuda_ok || die "torch sees CUDA but mmcv's batched_nms does not run there (mmcv built without CUDA kernels).
+  Fix: $PIP uninstall -y mmcv && $PIP install mmcv==$MMCV_VERSION -f $(openmmlab_index)
+  or build it: FORCE_CUDA=1 MMCV_WITH_OPS=1 $PIP install --no-build-isolation --no-binary mmcv --no-cache-dir mmcv==$MMCV_VERSION"
 
 step "5/7 mmengine, mmdet 3.3.0, pycocotools"
 if have mmdet '==3.3.0' && have mmengine '>=0.10,<0.11' && have pycocotools; then
