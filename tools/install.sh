@@ -100,7 +100,7 @@ else
   fi
   env "${build_env[@]}" $PIP install $PIP_EXTRA --no-build-isolation "${no_binary[@]}" "${find_links[@]}" "mmcv==$MMCV_VERSION"
 fi
-mmcv_ops_ok || die "mmcv is installed but 'from mmcv.ops import batched_nms' fails: it was built without its compiled ops.
+mmcv_ops_ok || die "mmcv is installed but 'from mmcv.ops import batched_nms' fails: it was built without its compiled ops (or, with 'undefined symbol' below, for another torch).
   Fix: $PIP uninstall -y mmcv && MMCV_WITH_OPS=1 $PIP install --no-build-isolation --no-cache-dir mmcv==$MMCV_VERSION
   Cause: $($PY -c 'from mmcv.ops import batched_nms' 2>&1 | tail -1)"
 mmcv_cuda_ok || die "torch sees CUDA but mmcv's batched_nms does not run there (mmcv built without CUDA kernels).
