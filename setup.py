@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=['embedmask_mmdet', 'embedmask_mmdet.*']),
     python_requires='>=3.8',
     install_requires=[
-        'torch>=1.8',
+        'torch>=2.1',  # train/test/inference 2.1-2.13; ONNX export >= 2.7 (docs/getting_started.md)
         'mmcv>=2.0.0rc4,<2.2.0',
         'mmengine>=0.10.0,<0.11',
         'mmdet>=3.3.0,<3.4',

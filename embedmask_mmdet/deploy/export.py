@@ -6,7 +6,7 @@ sizes, so one graph serves every image size) and writes standard ONNX ops
 only; NMS becomes ``NonMaxSuppression`` through a translation table. The
 TorchScript exporter (``dynamo=False``) is deprecated, traces Python
 control flow into constants (per-level top-k sizes would freeze at the
-traced size) and needs hand-written symbolics. Export needs torch >= 2.6
+traced size) and needs hand-written symbolics. Export needs torch >= 2.7
 (``custom_translation_table``, ``torch.compiler.is_exporting``): older ones
 are refused with one line (:func:`check_torch`).
 """

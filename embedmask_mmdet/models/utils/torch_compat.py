@@ -19,7 +19,7 @@ __all__ = [
 #: the oldest torch whose ONNX export path (``torch.onnx.export(dynamo=True,
 #: custom_translation_table=...)``, ``torch.library.custom_op`` with an
 #: unbacked fake size, ``torch.compiler.is_exporting``) deploy/export.py uses
-EXPORT_MIN_TORCH = (2, 6)
+EXPORT_MIN_TORCH = (2, 7)  # 2.6.0: export tests fail (unbacked-size slice in graph.py nms)
 
 
 def torch_version(version: Optional[str] = None) -> Tuple[int, int]:
