@@ -343,59 +343,10 @@ def test_onnx_demo_skips_unreadable_images(trained, on_disk, tmp_path):
     assert cv2.imread(str(out_dir / drawn[0])).shape[:2] == (SIZE, SIZE)
 
 
-def _matched_mask_ious(ref, got, min_score=0.1):
-    """Mask IoUs of the fp32 detections above ``min_score`` that have a
-    reduced-precision detection of the same label with box IoU >= 0.9, and
-    how many had none."""
-    from mmdet.structures.bbox import bbox_overlaps
-    r, g = ref.pred_instances, got.pred_instances
-    r = r[r.scores >= min_score]
-    overlaps = bbox_overlaps(r.bboxes, g.bboxes)
-    overlaps = torch.where(r.labels[:, None] == g.labels[None], overlaps, 0.)
-    ious, unmatched = [], 0
-    for i, (best, j) in enumerate(zip(*overlaps.max(dim=1))):
-        if best < 0.9:
-            unmatched += 1
-            continue
-        ious.append(mask_iou(r.masks[i], g.masks[j]))
-    return ious, unmatched
-
-
-def test_inferencer_amp_and_channels_last_masks_agree(trained, on_disk):
-    """EmbedMaskInferencer(amp=True, channels_last=True): bf16 autocast on
-    the CPU. Of the fp32 detections above 0.1, at least 80% have a bf16
-    detection of the same label with box IoU >= 0.9; their masks agree:
-    mean IoU >= 0.99, IoU >= 0.98 for at least 95% of them (the embeddings
-    and margins are float32 islands under autocast)."""
-    from embedmask_mmdet.apis import EmbedMaskInferencer
-    src = osp.join(trained['data_root'], 'val')
-    images = sorted(osp.join(src, f) for f in __import__('os').listdir(src))
-    kwargs = dict(model=on_disk['config'], weights=on_disk['ckpt'],
-                  device='cpu', show_progress=False)
-    fp32 = EmbedMaskInferencer(**kwargs)
-    fast = EmbedMaskInferencer(**kwargs, amp=True, channels_last=True)
-    assert fast.model.channels_last
-    ious, unmatched = [], 0
-    for path in images:
-        ref = fp32(path, return_datasamples=True)['predictions'][0]
-        got = fast(path, return_datasamples=True)['predictions'][0]
-        matched = _matched_mask_ious(ref, got)
-        ious += matched[0]
-        unmatched += matched[1]
-    print(f'bf16 vs fp32: {len(ious)} matched, {unmatched} unmatched, mask '
-          f'IoU min {min(ious):.4f} mean {np.mean(ious):.4f}')
-    # a 40-iteration model's boxes are fragile: a few may move under bf16
-    assert len(ious) >= 4 and unmatched <= 0.2 * (len(ious) + unmatched), \
-        (len(ious), unmatched)
-    # pixel flips are the boundary's: on 128 px images a 70-pixel mask
-    # loses 0.014 IoU per flipped pixel
-    assert np.mean(ious) >= 0.99, ious
-    assert np.mean(np.array(ious) >= 0.98) >= 0.95, ious
-
-
 def test_test_tool_amp_and_channels_last(on_disk, tmp_path):
-    """tools/test.py --amp --channels-last evaluates; its metrics stay
-    within 0.02 of fp32's on the tiny model."""
+    """tools/test.py --amp --channels-last runs and evaluates (segm
+    metrics written). How close bf16 stays to fp32 (AP, masks) is
+    test_reduced_precision's: this 40-iteration model's AP is ~0."""
     import json
     rc, out = run_tool(['tools/test.py', on_disk['config'], on_disk['ckpt'],
                         '--work-dir', str(tmp_path), '--amp',

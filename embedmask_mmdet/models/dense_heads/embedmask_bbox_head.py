@@ -13,8 +13,8 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..utils import (autocast_off, check_choice, check_embed_dim,
-                     gt_mask_tensor, prior_margin_bias,
+from ..utils import (Float32Conv2d, autocast_off, check_choice,
+                     check_embed_dim, gt_mask_tensor, prior_margin_bias,
                      proposal_margin)
 from .embedmask_bbox_predict import EmbedMaskBboxPredictMixin
 
@@ -213,6 +213,18 @@ class EmbedMaskBboxHead(EmbedMaskBboxPredictMixin, CondInstBboxHead):
         # FCOS towers and predictors; CondInst's dynamic-parameter conv is
         # replaced by the embedding/margin head
         FCOSHead._init_layers(self)
+        # float32 islands under autocast (see models/utils/precision): the
+        # class, box and centerness prediction convs. Their bf16 outputs (3
+        # significant digits) move box sides and scores near score_thr,
+        # NMS and AP's IoU thresholds; in float32 they cost nothing
+        # measurable (a few output channels). docs/design.md, numerics.
+        for name in ('conv_cls', 'conv_reg', 'conv_centerness'):
+            conv = getattr(self, name)
+            setattr(self, name, Float32Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size,
+                stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups,
+                bias=conv.bias is not None))
         # CondInst's dynamic-parameter 'controller' is EmbedMask's proposal
         # embedding/margin head; checkpoints with the old key still load
         self.embedding_head = ProposalEmbeddingHead(
