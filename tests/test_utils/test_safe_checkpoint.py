@@ -198,8 +198,10 @@ def test_runner_resume(trained, tmp_path, mode):
     runner.train()
     assert record.iter == MAX_ITERS
     buf = record.optim_state['state'][0]['momentum_buffer']
+    # the Runner puts the model (and so the optimizer state) on CUDA
+    # where there is one; the saved tensors were loaded to the CPU
     torch.testing.assert_close(
-        buf, saved['optimizer']['state'][0]['momentum_buffer'])
+        buf.cpu(), saved['optimizer']['state'][0]['momentum_buffer'].cpu())
     np.testing.assert_array_equal(
         record.loss_history,
         saved['message_hub']['log_scalars']['train/loss'].data[0])
@@ -220,7 +222,7 @@ def test_load_checkpoint_apis(trained, tmp_path):
     runner = make_runner(tmp_path)
     runner.load_checkpoint(ckpt)
     for k, v in runner.model.state_dict().items():
-        torch.testing.assert_close(v, saved[k])
+        torch.testing.assert_close(v.cpu(), saved[k].cpu())
 
 
 # ---------------------------------------------------------------------------
