@@ -7,6 +7,7 @@ config travels inside the .onnx); the graph runs one image at a time; the
 NumPy step (:mod:`.postprocess`) maps its outputs to the original image.
 """
 import logging
+import os
 import os.path as osp
 import warnings
 from typing import Callable, List, Optional, Sequence, Union
@@ -37,7 +38,18 @@ def read_metadata(model_file: str) -> dict:
     return {p.key: p.value for p in proto.metadata_props}
 
 
+# oneDNN ISA caps below AVX512_CORE: OpenVINO's bundled oneDNN honours
+# ONEDNN_MAX_CPU_ISA but its capability report does not, and under these it
+# has no bf16 kernels (compiling with the bf16 hint fails: "Convolution node
+# ... is not initialized"); under AVX512_CORE it emulates bf16
+NO_BF16_ISAS = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2')
+
+
 def openvino_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can run bf16 here: it reports BF16
+    and ``ONEDNN_MAX_CPU_ISA`` does not cap oneDNN below AVX512_CORE."""
+    if os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() in NO_BF16_ISAS:
+        return False
     import openvino as ov
     caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
     return 'BF16' in caps
@@ -76,8 +88,13 @@ class _OpenVINOSession:
                  num_threads: Optional[int], device: str = 'CPU') -> None:
         import openvino as ov
         if precision == 'bf16' and not openvino_has_bf16():
-            raise ValueError("precision='bf16': this CPU has no bf16 units "
-                             '(OpenVINO reports no BF16 capability); use fp32')
+            isa = os.environ.get('ONEDNN_MAX_CPU_ISA')
+            raise ValueError(
+                "precision='bf16': OpenVINO cannot run bf16 on this CPU "
+                + (f'(ONEDNN_MAX_CPU_ISA={isa} caps oneDNN below '
+                   'AVX512_CORE; unset it)' if isa and isa.upper() in
+                   NO_BF16_ISAS else '(it reports no BF16 capability)')
+                + '; use fp32')
         core = ov.Core()
         # explicit: OpenVINO picks bf16 by itself on CPUs that have it
         config = {'INFERENCE_PRECISION_HINT': 'f32' if precision == 'fp32'
