@@ -24,8 +24,9 @@ CPU to another; a bound tuned on one machine's figures fails on another
   reference (PyTorch fp32). PyTorch bf16 must also keep the mean mask IoU
   >= 0.98 that its float32 islands (``models/utils/precision.py``) buy.
   Measured (AMD EPYC, AVX512-BF16): 0.993 with them; 0.973 and 0.980 in two
-  runs without them, so this bound catches a removed island only sometimes
-  (open: a sharper, still CPU-independent detector).
+  runs without them, so this bound catches a removed island only sometimes;
+  tests/test_models/test_dense_heads/test_float32_islands.py catches it
+  always (each island's output under autocast against autocast off).
   OpenVINO runs the whole graph in bf16 (its CPU plugin offered no per-layer
   float32 through the Python API here; the ``disable_fp16_compression``
   rt_info had no effect in 2026.4) and measured 0.963-0.982: it gets the
