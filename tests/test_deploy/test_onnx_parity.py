@@ -29,7 +29,7 @@ from embedmask_mmdet.deploy.postprocess import resize_maps  # noqa
 from embedmask_mmdet.models.utils.torch_compat import \
     export_torch_problem  # noqa
 
-if export_torch_problem():  # the declared export range (torch >= 2.6)
+if export_torch_problem():  # the declared export range (EXPORT_MIN_TORCH)
     pytest.skip(export_torch_problem(), allow_module_level=True)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
