@@ -41,7 +41,10 @@ model = dict(
         start_level=1,
         add_extra_convs='on_output',
         num_outs=5,
-        relu_before_extra_convs=True),
+        relu_before_extra_convs=True,
+        # detectron2's c2_xavier_fill (kaiming_uniform_(a=1), bias 0) on the
+        # lateral, output and P6/P7 convs; mmdet's FPN default is Xavier
+        init_cfg=dict(type='Caffe2Xavier', layer='Conv2d')),
     bbox_head=dict(
         type='EmbedMaskBboxHead',
         num_classes=80,
@@ -64,7 +67,9 @@ model = dict(
         loss_cls=dict(
             type='FusedFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
             loss_weight=1.0),
-        loss_bbox=dict(type='GIoULoss', loss_weight=1.0),
+        # the authors' IOULoss: GIoU with (I + 1) / (U + 1) on
+        # stride-normalised distances (mmdet's GIoULoss has no +1)
+        loss_bbox=dict(type='FCOSIoULoss', loss_type='giou', loss_weight=1.0),
         loss_centerness=dict(
             type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)),
     mask_head=dict(
