@@ -19,9 +19,16 @@ model = dict(
     backbone=dict(depth=18, frozen_stages=-1, norm_eval=False, init_cfg=None,
                   style='pytorch', norm_cfg=dict(type='BN',
                                                  requires_grad=True)),
+    # this config's init and box loss are mmdet's, as measured in
+    # docs/benchmarks.md and the demo: mmdet's FPN Xavier init, GIoU
+    # without the authors' +1, the pixel branch at Normal(0.01) (what
+    # MaskFeatModule's init gives); the base has the authors' rules
     neck=dict(in_channels=[128, 256, 512], start_level=0,
-              out_channels=channels),
+              out_channels=channels,
+              init_cfg=dict(type='Xavier', layer='Conv2d',
+                            distribution='uniform')),
     bbox_head=dict(
+        loss_bbox=dict(_delete_=True, type='GIoULoss', loss_weight=1.0),
         num_classes=num_classes,
         in_channels=channels,
         feat_channels=channels,
@@ -36,7 +43,7 @@ model = dict(
         # 1x1 prediction conv (mmdet's CondInst branch)
         pixel_branch=dict(type='p3p5_fusion', feat_channels=64,
                           num_stacked_convs=2, out_conv=False,
-                          pred_kernel_size=1),
+                          pred_kernel_size=1, conv_init='normal'),
         # p's cell k sits at (k + 0.5) x stride, in targets and at test
         alignment='centre',
         max_masks_to_train=200,

@@ -21,7 +21,8 @@ from ..utils import (check_choice, check_embed_dim, location_map,
 from ..utils.mask_targets import (ALIGNMENTS, cell_targets, gt_mask_tensor,
                                   pad_gt_masks, upsample_prob)
 from .embedmask_mask_predict import EmbedMaskMaskPredictMixin
-from .pixel_branch import PIXEL_BRANCHES, EmbedMaskPixelBranch
+from .pixel_branch import (PIXEL_BRANCHES, EmbedMaskPixelBranch,
+                           authors_conv_init)
 
 __all__ = ['EmbedMaskMaskHead']
 
@@ -203,7 +204,11 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         nn.init.normal_(self.pixel_branch.conv_pred.weight, std=0.01)
         nn.init.zeros_(self.pixel_branch.conv_pred.bias)
         if self.loss_semantic is not None:
-            nn.init.normal_(self.semantic_logits.weight, std=0.01)
+            # AdelaiDet: seg_head convs as the pixel branch's, the logits
+            # conv at torch's default with the focal prior's bias
+            for conv in self.semantic_convs:
+                authors_conv_init(conv)
+            self.semantic_logits.reset_parameters()
             nn.init.constant_(self.semantic_logits.bias, -math.log(99.))
 
     # ------------------------------------------------------------------ forward
