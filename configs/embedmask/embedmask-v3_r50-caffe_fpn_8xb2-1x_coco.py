@@ -53,4 +53,10 @@ param_scheduler = [
 optim_wrapper = dict(
     # maskrcnn-benchmark decays norm weights (None: the base's 0 undone)
     paramwise_cfg=dict(norm_decay_mult=None, bias_lr_mult=2.,
-                       bias_decay_mult=0.))
+                       bias_decay_mult=0.,
+                       # maskrcnn-benchmark's make_optimizer gives every
+                       # parameter named 'bias' lr x2 and no decay, GroupNorm
+                       # biases included; mmengine's bias_lr_mult skips norm
+                       # layers, so they are named here (ConvModule's 'gn')
+                       custom_keys={'.gn.bias': dict(lr_mult=2.,
+                                                     decay_mult=0.)}))

@@ -382,3 +382,35 @@ def test_coco_recipes_use_the_fault_handling(path):
     assert (test.type, test.missing_image) == ('RobustCocoDataset', 'error')
     assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
     assert train.pipeline[0].imdecode_backend == 'pillow'
+
+
+def test_v3_optimizer_is_maskrcnn_benchmarks():
+    """maskrcnn-benchmark's make_optimizer (solver/build.py): every
+    trainable parameter whose name holds 'bias' (GroupNorm biases included)
+    gets lr x BIAS_LR_FACTOR (2) and WEIGHT_DECAY_BIAS (0), every other one
+    the base lr and WEIGHT_DECAY (1e-4)."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.optim import build_optim_wrapper
+
+    import embedmask_mmdet  # noqa: F401
+    register_all_modules()
+    cfg = Config.fromfile(CONFIG_DIR / 'embedmask' /
+                          'embedmask-v3_r50-caffe_fpn_8xb2-1x_coco.py')
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    optim = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    base_lr = optim.defaults['lr']
+    names = {id(p): n for n, p in model.named_parameters()}
+    checked = 0
+    for group in optim.param_groups:
+        for p in group['params']:
+            name = names[id(p)]
+            if not p.requires_grad:
+                continue
+            is_bias = 'bias' in name
+            assert group['lr'] == pytest.approx(
+                base_lr * (2. if is_bias else 1.)), name
+            assert group['weight_decay'] == (0. if is_bias else 1e-4), name
+            checked += 1
+    assert checked > 100
