@@ -16,8 +16,9 @@ model = dict(
                    center_sample_on='box'),
     mask_head=dict(
         pixel_branch=dict(type='p3_tower'),
-        # our cell placement, consistent in training and test
-        alignment='centre',
+        # cells placed at (k + 0.5) x 4 in training and test; targets as the
+        # FCOS repo's loss.py: the mask resized bilinearly to stride 4, > 0
+        alignment='fcos_repo',
         loss_mask_norm='images',
         learnable_coord_scale=True,
         sampling='best_iou_per_gt',

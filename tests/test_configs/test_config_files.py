@@ -243,6 +243,7 @@ def test_coco_recipe_details():
     assert m.bbox_head.center_sample_on == 'box'
     assert published(v3.filename) is None
     assert m.mask_head.sampling == 'best_iou_per_gt'
+    assert m.mask_head.alignment == 'fcos_repo'
     assert m.mask_head.learnable_coord_scale
     assert m.mask_head.prob_eps == 1e-9
     assert m.mask_head.loss_mask == dict(type='LovaszHingeLoss',

@@ -68,8 +68,9 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
             images, divided by the number of images, FCOS repo).
         alignment (str): Where a cell of p sits, for targets and test
             placement alike (see ``mask_targets``): 'centre' (at
-            (k + 0.5) x stride) or 'adelaidet' (the authors' code; needed
-            for their published weights).
+            (k + 0.5) x stride), 'adelaidet' (the authors' code; needed
+            for their published weights) or 'fcos_repo' (placed as
+            'centre', the FCOS repo's targets).
         loss_semantic (dict, optional): Auxiliary semantic focal loss.
         semantic_channels (int): Width of the semantic branch.
         semantic_level (int, optional): Neck output the semantic branch reads;

@@ -10,6 +10,11 @@ Two conventions, each consistent between training and test:
 * ``'adelaidet'`` (the authors' code): the target of stride-4 cell k is the
   pixel 4k + 2, and ``aligned_bilinear`` puts cell k on that pixel at test.
   Needed to reproduce the authors' published weights.
+* ``'fcos_repo'`` (the authors' FCOS-repo code, ``embed_mask/loss.py``):
+  placed as 'centre'; the target is the mask resized bilinearly to the cells
+  and kept where > 0, i.e. set when any of the cell's central 2 x 2 pixels
+  is: thicker than the majority rule on thin parts, and what that design's
+  mask threshold 0.53 was tuned on.
 
 Shapes: G masks, (H, W) image, (h, w) = ceil((H, W) / s) cells.
 """
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from mmdet.models.utils.misc import aligned_bilinear
 from torch import Tensor
 
-ALIGNMENTS = ('centre', 'adelaidet')
+ALIGNMENTS = ('centre', 'adelaidet', 'fcos_repo')
 
 
 def cell_targets(masks: Tensor, stride: int, alignment: str = 'centre'
@@ -30,16 +35,20 @@ def cell_targets(masks: Tensor, stride: int, alignment: str = 'centre'
     'centre': t_k = [ mean of the s x s block centred at (k + 0.5) s >= 1/2 ];
     ties go to the object on both sides alike, so no direction is favoured.
     'adelaidet': t_k = mask[s k + s // 2].
+    'fcos_repo': t_k = [ bilinear(mask, 1/s) at cell k > 0 ] = OR of the
+    pixels s k + s/2 - 1 and s k + s/2 in each direction (even s).
 
     Args:
         masks (Tensor): Gt masks (G, H, W), bool or 0/1 integers.
         stride (int): s, the stride of the cells; 1 returns ``masks`` as
             bool.
-        alignment (str): 'centre' or 'adelaidet'. Defaults to 'centre'.
+        alignment (str): 'centre', 'adelaidet' or 'fcos_repo'. Defaults to
+            'centre'.
 
     Returns:
-        Tensor: (G, h, w) bool. 'centre': (h, w) = ceil((H, W) / s), pixels
-        beyond the image counting as background; 'adelaidet': the
+        Tensor: (G, h, w) bool. 'centre' and 'fcos_repo': (h, w) =
+        ceil((H, W) / s), pixels beyond the image counting as background
+        (the FCOS repo zero-pads the masks to the padded image); 'adelaidet': the
         sub-sampled pixels, ceil(((H, W) - s // 2) / s) of them.
     """
     if stride == 1:
@@ -51,6 +60,11 @@ def cell_targets(masks: Tensor, stride: int, alignment: str = 'centre'
     h, w = -(-height // stride), -(-width // stride)
     padded = F.pad(masks.to(torch.uint8), (0, w * stride - width,
                                            0, h * stride - height))
+    if alignment == 'fcos_repo':
+        if num == 0:
+            return masks.new_zeros((0, h, w), dtype=torch.bool)
+        return F.interpolate(padded[None].float(), size=(h, w),
+                             mode='bilinear', align_corners=False)[0] > 0
     counts = padded.view(num, h, stride, w, stride).sum(dim=(2, 4),
                                                         dtype=torch.int32)
     return counts * 2 >= stride * stride

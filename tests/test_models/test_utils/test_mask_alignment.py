@@ -87,6 +87,46 @@ def test_adelaidet_targets_sample_pixel_s_k_plus_half_s():
                                masks[:, 2::4, 2::4])
 
 
+@pytest.mark.parametrize('stride', [4, 8])
+def test_fcos_repo_targets_are_any_of_the_central_2x2(stride):
+    """The FCOS repo's loss.py resizes the zero-padded mask bilinearly
+    (align_corners=False) to the cells and keeps > 0: cell k samples between
+    pixels s k + s/2 - 1 and s k + s/2, so it is set when any of those 2 x 2
+    pixels is; brute force on random masks."""
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(3, 29, 37, generator=g) > 0.7
+    out = cell_targets(masks, stride, 'fcos_repo')
+    h, w = -(-29 // stride), -(-37 // stride)
+    assert out.shape == (3, h, w) and out.dtype == torch.bool
+    padded = torch.zeros(3, h * stride, w * stride, dtype=torch.bool)
+    padded[:, :29, :37] = masks
+    c = stride // 2 - 1
+    for n in range(3):
+        for i in range(h):
+            for j in range(w):
+                block = padded[n, stride * i + c:stride * i + c + 2,
+                               stride * j + c:stride * j + c + 2]
+                assert bool(out[n, i, j]) == bool(block.any()), (n, i, j)
+    assert cell_targets(masks[:0], stride, 'fcos_repo').shape == (0, h, w)
+
+
+def test_fcos_repo_targets_keep_thin_lines_the_majority_drops():
+    """A 1-px line through the cells' centres: a target of every cell it
+    crosses for the FCOS repo, of none by majority (4 of 16 pixels)."""
+    masks = torch.zeros(1, 16, 16, dtype=torch.bool)
+    masks[0, :, 5] = True  # column 5: a central pixel of cell column 1
+    assert cell_targets(masks, 4, 'fcos_repo')[0, :, 1].all()
+    assert not cell_targets(masks, 4, 'centre').any()
+
+
+@pytest.mark.parametrize('radius', [6, 10])
+def test_fcos_repo_targets_placed_as_centre_keep_centroid(radius):
+    """Any-of-2x2 targets grow a disk by about half a pixel on every side,
+    symmetrically: placed as 'centre' the centroid stays."""
+    shift = mean_shift(radius, 'fcos_repo', 'centre')
+    assert shift.abs().max() < 0.05
+
+
 @pytest.mark.parametrize('alignment', ['centre', 'adelaidet'])
 def test_upsampled_prob_keeps_cells_in_place(alignment):
     """p at stride 8 upsampled x2 to stride 4 (the training path) puts cell
