@@ -357,3 +357,36 @@ def test_targets_losses_and_mask_inputs_equal_the_authors():
         torch.testing.assert_close(losses[name].double(), value, rtol=1e-5,
                                    atol=1e-7, msg=name)
         assert value > 0, name
+
+
+def test_a_gt_empty_after_clipping_changes_nothing():
+    """AdelaiDet drops gts whose box is empty after resizing and clipping
+    (detectron2's filter_empty_instances: width or height <= 1e-5); we keep
+    them, because such a gt takes no location (FCOS needs l, t, r, b > 0 and
+    the centre region strictly inside the box) and has no mask pixel: every
+    target and loss is the one without it."""
+    bbox_head, mask_head = heads()
+    masks = [ellipse(60, 50, 30, 18, .4), ellipse(120, 90, 14, 25)]
+    kept = sample(masks, [0, 2])
+    degenerate = sample(masks + [ellipse(60, 50, 30, 18, .4)], [0, 2, 1])
+    # an object cut away by the crop: zero-width box at the border, no pixel
+    degenerate.gt_instances.bboxes[2] = torch.tensor([160., 40., 160., 90.])
+    degenerate.gt_instances.masks = BitmapMasks(
+        np.concatenate([degenerate.gt_instances.masks.masks[:2],
+                        np.zeros((1, H, W), np.uint8)]), H, W)
+    g = torch.Generator().manual_seed(5)
+    sizes = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
+    x = tuple(torch.randn(1, IN_CH, h, w, generator=g) for h, w in sizes)
+    results = []
+    for s in (kept, degenerate):
+        torch.manual_seed(0)
+        losses = dict(bbox_head.loss(x, [s]))
+        infos = bbox_head.get_positive_infos()
+        losses.update(mask_head.loss(x, [s], positive_infos=infos))
+        results.append((losses, infos[0]))
+    (a, info_a), (b, info_b) = results
+    assert torch.equal(info_a.pos_inds, info_b.pos_inds)
+    assert torch.equal(info_a.pos_assigned_gt_inds, info_b.pos_assigned_gt_inds)
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
