@@ -211,6 +211,21 @@ def test_proposal_margin_finite_for_huge_inputs():
     assert torch.isfinite(s16).all()
 
 
+def test_margin_clamp_binds_only_below_a_pixel():
+    """The authors have no clamp on s; ours (exp of at most MAX_LOG_MARGIN)
+    is kept because it binds only where a mask is already narrower than a
+    pixel: at s = exp(MAX_LOG_MARGIN) in a spatial dimension p falls to 0.5
+    within sqrt(ln 2 / s) embedding units, times coord_norm (100, the
+    COCO configs; 50 on the CPU ones) image pixels, under one pixel (0.56).
+    Below the clamp s is exp() exactly, so a checkpoint whose log-margins
+    stay under it (the published ones could not be checked here) predicts
+    as with the authors' code."""
+    half_width_px = math.sqrt(math.log(2.) / math.exp(MAX_LOG_MARGIN)) * 100.
+    assert half_width_px < 1.
+    raw = torch.linspace(-20., MAX_LOG_MARGIN, 301, dtype=torch.float64)
+    assert torch.equal(proposal_margin(raw), raw.exp())
+
+
 # --------------------------------------------------------------- location_map
 @pytest.mark.parametrize('stride,h,w', [(4, 7, 9), (8, 16, 20), (16, 5, 3),
                                         (128, 1, 2)])
