@@ -7,6 +7,7 @@ conv). Levels are indices into the neck outputs.
 """
 import torch.nn as nn
 from mmcv.cnn import ConvModule
+from mmengine.model import caffe2_xavier_init, constant_init
 from mmdet.models.dense_heads.condinst_head import MaskFeatModule
 
 from ..utils import Float32Conv2d
@@ -99,9 +100,6 @@ class EmbedMaskPixelBranch(MaskFeatModule):
 def authors_conv_init(module: ConvModule) -> None:
     """AdelaiDet's ``conv_with_kaiming_uniform``: kaiming_uniform_(a=1) on the
     conv, bias 0, norm weight 1 and bias 0."""
-    nn.init.kaiming_uniform_(module.conv.weight, a=1)
-    if module.conv.bias is not None:
-        nn.init.zeros_(module.conv.bias)
+    caffe2_xavier_init(module.conv, bias=0)
     if module.with_norm:
-        nn.init.ones_(module.norm.weight)
-        nn.init.zeros_(module.norm.bias)
+        constant_init(module.norm, 1, bias=0)

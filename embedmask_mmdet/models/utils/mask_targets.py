@@ -1,7 +1,7 @@
 """Where a stride-s cell of p sits in the image, for training targets and
 test-time placement alike.
 
-Two conventions, each consistent between training and test:
+Three conventions, each consistent between training and test:
 
 * ``'centre'``: cell k of a stride-s map is the point (k + 0.5) s (the
   FCOS location, the coordinate channels). Its target is the majority of
