@@ -1,7 +1,10 @@
 # EmbedMask R-50-FPN, the authors' FCOS-repo design (v3, spec section 3 left
 # column): 3x3 proposal convs, SAMPLE_IN_MASK, GN P3 tower with x2-upsampled
 # embedding, one best-IoU positive per gt, Lovász hinge weight 0.5 (eps 1e-9),
-# no semantic loss, score cls*ctr, mask thr 0.53, masks cropped to box + 2 px.
+# no semantic loss; at test: candidates cls > 0.05, the top 1000 per level by
+# cls*ctr, boxes clipped to the last pixel, score cls*ctr; masks as log p
+# inside the box's cells +- 2 (-10 elsewhere), resampled as log p,
+# thresholded at log 0.53, not cropped afterwards.
 # Target rules of its loss.py: positives must lie in their gt's mask before
 # the smallest gt is chosen, centre sampling around the box centre, mask loss
 # averaged per image then over images. maskrcnn-benchmark recipe: MSRA R-50
@@ -27,10 +30,12 @@ model = dict(
         loss_semantic=None),
     test_cfg=dict(
         score_type='cls_ctr',
+        candidate_rule='fcos_repo',
         thresh_with_ctr=False,
+        mask_resample='log_prob',
+        window_padding=2,
         mask_thr=0.53,
-        crop_to_box=True,
-        crop_padding=2))
+        crop_to_box=False))
 
 # single-scale training: the multi-scale RandomChoiceResize of the base
 # becomes one Resize to 800/1333

@@ -5,7 +5,7 @@ can capture all of it.
 
 It runs the detector's own modules and formulas (``extract_feat``, the two
 heads' ``forward``, ``proposal_embedding``, ``mask_probability``,
-``upsample_prob``, ``pixel_embedding_at``'s arithmetic); only the candidate
+``upsample_prob``, ``window``, ``pixel_embedding_at``'s arithmetic); only the candidate
 selection and NMS, which mmdet writes with boolean indexing, are restated
 here as fixed-size tensor code with the same results.
 
@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from mmdet.models.utils.misc import aligned_bilinear
 from torch import Tensor
 
-from ..models.utils import location_map, mask_probability, spatial_embedding
+from ..models.dense_heads.embedmask_bbox_predict import candidate_rule
+from ..models.utils import (location_map, mask_log_probability,
+                            mask_probability, spatial_embedding)
 from .nms import multiclass_nms
 
 # score of a padded or rejected candidate: below every real score, so NMS's
@@ -74,7 +76,7 @@ class EmbedMaskGraph(nn.Module):
         instances = SimpleNamespace(
             embeddings=params[keep, :self.bbox_head.embed_dim],
             margins=params[keep, self.bbox_head.embed_dim:],
-            points=points[keep])
+            points=points[keep], bboxes=boxes[keep])
         masks = self.mask_probs(pixel_embed[0], instances, image.shape[-2:])
         return dets, labels[keep], masks
 
@@ -82,15 +84,15 @@ class EmbedMaskGraph(nn.Module):
                    centernesses: List[Tensor], param_preds: List[Tensor],
                    img_shape: Tensor) -> Tuple[Tensor, ...]:
         """Per level the top-``nms_pre`` (location, class) pairs above
-        ``score_thr``, ranked as the box head ranks them: by σ(cls) σ(ctr)
-        with ``thresh_with_ctr`` (AdelaiDet), else by σ(cls) (mmdet), with
-        σ(cls) σ(ctr) as the NMS score either way. Rejected pairs keep a slot
-        with score ``REJECTED``. Returns boxes (K, 4), scores (K,), labels
-        (K,), params (K, 2D) and FCOS points (K, 2)."""
+        ``score_thr``, thresholded, ranked and clipped as the box head's
+        ``candidate_rule`` does (``CANDIDATE_RULES``), with σ(cls) σ(ctr)
+        as the NMS score. Rejected pairs keep a slot with score
+        ``REJECTED``. Returns boxes (K, 4), scores (K,), labels (K,),
+        params (K, 2D) and FCOS points (K, 2)."""
         cfg = self.cfg
         nms_pre = cfg.get('nms_pre', -1)
         score_thr = cfg.get('score_thr', 0.)
-        with_ctr = cfg.get('thresh_with_ctr', False)
+        rule = candidate_rule(cfg)
         num_classes = self.bbox_head.cls_out_channels
         sizes = [c.shape[-2:] for c in cls_scores]
         points = self.bbox_head.prior_generator.grid_priors(
@@ -100,10 +102,12 @@ class EmbedMaskGraph(nn.Module):
                 cls_scores, bbox_preds, centernesses, param_preds, points):
             cls = cls[0].permute(1, 2, 0).reshape(-1, num_classes).sigmoid()
             ctr = ctr[0].permute(1, 2, 0).reshape(-1, 1).sigmoid()
-            score = cls * ctr
-            rank = (score if with_ctr else cls).reshape(-1)
-            rank = torch.where(rank > score_thr, rank, REJECTED)
-            score = torch.where(rank > REJECTED, score.reshape(-1), REJECTED)
+            score = (cls * ctr).reshape(-1)
+            passed = (score if rule == 'adelaidet' else cls.reshape(-1)) \
+                > score_thr
+            rank = torch.where(passed, cls.reshape(-1) if rule == 'mmdet'
+                               else score, REJECTED)
+            score = torch.where(passed, score, REJECTED)
             if nms_pre >= 0:
                 # a level with fewer pairs than nms_pre is padded with
                 # rejected ones: k stays a constant for any input size
@@ -123,9 +127,12 @@ class EmbedMaskGraph(nn.Module):
         distances, scores, labels, params, points = (torch.cat(t) for t in out)
         boxes = torch.cat([points - distances[:, :2],
                            points + distances[:, 2:]], dim=1)
-        if not with_ctr:
-            # mmdet's DistancePointBBoxCoder clips to the un-padded image
+        if rule != 'adelaidet':
+            # mmdet's DistancePointBBoxCoder clips to the un-padded image,
+            # the FCOS repo's clip_to_image to its last pixel
             limit = img_shape.flip(0).to(boxes.dtype).repeat(2)
+            if rule == 'fcos_repo':
+                limit = limit - 1
             boxes = torch.minimum(boxes.clamp(min=0), limit)
         if cfg.get('min_bbox_size', -1) >= 0:
             wh = boxes[:, 2:] - boxes[:, :2]
@@ -159,9 +166,16 @@ class EmbedMaskGraph(nn.Module):
                                     head.mask_out_stride).squeeze(0)
         proposal_embed = head.proposal_embedding(instances)
         stride = head.prob_stride
-        if (head.test_cfg or {}).get('mask_resample', 'prob') == 'prob':
+        resample = (head.test_cfg or {}).get('mask_resample', 'prob')
+        if resample == 'prob':
             return _upsample(mask_probability(
                 pixel_embed, proposal_embed, instances.margins), stride)
+        if resample == 'log_prob':
+            # log p resampled inside each box's window, returned as p:
+            # exp() keeps the order, so p > mask_thr is log p > log mask_thr
+            return _upsample(head.window(mask_log_probability(
+                pixel_embed, proposal_embed, instances.margins),
+                instances.bboxes), stride).exp()
         # the 'embedding' path of EmbedMaskMaskHead.pixel_embedding_at: the
         # conv part resampled, each pixel's own coordinates added
         cells = location_map(*pixel_embed.shape[-2:], stride,

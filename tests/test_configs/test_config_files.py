@@ -250,9 +250,13 @@ def test_coco_recipe_details():
                                          loss_weight=0.5)
     assert m.mask_head.loss_semantic is None
     assert m.test_cfg.score_type == 'cls_ctr'
+    assert m.test_cfg.candidate_rule == 'fcos_repo'
     assert not m.test_cfg.thresh_with_ctr
     assert m.test_cfg.mask_thr == 0.53
-    assert m.test_cfg.crop_to_box and m.test_cfg.crop_padding == 2
+    # log p in the box's cells +- 2, resampled as log p, no crop afterwards
+    assert m.test_cfg.mask_resample == 'log_prob'
+    assert m.test_cfg.window_padding == 2
+    assert not m.test_cfg.crop_to_box
     # the knobs reach the built modules (model.test_cfg goes to both heads)
     import torch.nn as nn
     model = build_model(v3)

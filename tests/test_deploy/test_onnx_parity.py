@@ -55,10 +55,15 @@ DESIGNS = {
     'adelaidet': dict(mask_head=dict(alignment='adelaidet'),
                       test_cfg=dict(mask_resample='prob',
                                     score_type='sqrt_cls_ctr')),
-    # the v3 design's: mmdet selection (boxes clipped), crop to box
-    'v3-selection': dict(test_cfg=dict(
+    # mmdet's selection (boxes clipped), crop to box
+    'mmdet-selection': dict(test_cfg=dict(
         mask_resample='prob', thresh_with_ctr=False, score_type='cls_ctr',
         crop_to_box=True, min_bbox_size=0)),
+    # the v3 design's: the FCOS repo's selection, log p in box windows
+    'v3': dict(test_cfg=dict(
+        candidate_rule='fcos_repo', thresh_with_ctr=False,
+        mask_resample='log_prob', mask_thr=0.53, crop_to_box=False,
+        score_type='cls_ctr', min_bbox_size=0)),
 }
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..utils import (Float32Conv2d, autocast_off, check_choice,
                      check_embed_dim, gt_mask_tensor, prior_margin_bias,
                      proposal_margin)
-from .embedmask_bbox_predict import EmbedMaskBboxPredictMixin
+from .embedmask_bbox_predict import EmbedMaskBboxPredictMixin, candidate_rule
 
 PROPOSAL_HEADS = ('conv1_conv3', 'conv3')
 MARGIN_TYPES = ('per_dim', 'scalar', 'fixed')
@@ -208,6 +208,7 @@ class EmbedMaskBboxHead(EmbedMaskBboxPredictMixin, CondInstBboxHead):
         test_cfg = self.test_cfg or {}
         _check_choice('test_cfg.score_type', test_cfg.get('score_type', 'cls_ctr'),
                       SCORE_TYPES)
+        candidate_rule(test_cfg)  # raises on an unknown or mixed rule
 
     def _init_layers(self) -> None:
         # FCOS towers and predictors; CondInst's dynamic-parameter conv is

@@ -9,7 +9,41 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-__all__ = ['EmbedMaskBboxPredictMixin']
+__all__ = ['EmbedMaskBboxPredictMixin', 'CANDIDATE_RULES', 'candidate_rule']
+
+# which (location, class) pairs reach NMS, per level:
+#   'mmdet'     σ(cls) > score_thr, top nms_pre by σ(cls), boxes clipped
+#               to [0, w] x [0, h] (mmdet's CondInst path)
+#   'adelaidet' σ(cls) σ(ctr) > score_thr, top nms_pre by σ(cls) σ(ctr),
+#               boxes not clipped (AdelaiDet, THRESH_WITH_CTR=True)
+#   'fcos_repo' σ(cls) > score_thr, top nms_pre by σ(cls) σ(ctr), boxes
+#               clipped to [0, w - 1] x [0, h - 1] (the FCOS repo's
+#               inference.py and clip_to_image)
+# The NMS score is σ(cls) σ(ctr) (or its sqrt) in all three.
+CANDIDATE_RULES = ('mmdet', 'adelaidet', 'fcos_repo')
+
+
+def candidate_rule(test_cfg) -> str:
+    """The candidate rule of a test config: ``candidate_rule``, or from
+    AdelaiDet's ``thresh_with_ctr`` (True: 'adelaidet', else 'mmdet').
+
+    Raises:
+        ValueError: an unknown rule, or ``thresh_with_ctr`` set against it.
+    """
+    test_cfg = test_cfg or {}
+    with_ctr = test_cfg.get('thresh_with_ctr')
+    rule = test_cfg.get('candidate_rule')
+    if rule is None:
+        return 'adelaidet' if with_ctr else 'mmdet'
+    if rule not in CANDIDATE_RULES:
+        raise ValueError(f'test_cfg.candidate_rule must be one of '
+                         f'{CANDIDATE_RULES}, got {rule!r}')
+    if with_ctr is not None and bool(with_ctr) != (rule == 'adelaidet'):
+        raise ValueError(
+            f'test_cfg.thresh_with_ctr={with_ctr!r} contradicts '
+            f'candidate_rule={rule!r} (thresh_with_ctr=True is the '
+            "'adelaidet' rule); drop thresh_with_ctr")
+    return rule
 
 
 class EmbedMaskBboxPredictMixin:
@@ -28,11 +62,10 @@ class EmbedMaskBboxPredictMixin:
         ``margins`` and FCOS ``points``/``strides``; scores per
         ``test_cfg.score_type``.
 
-        ``thresh_with_ctr=True`` is AdelaiDet's FCOS inference (candidates
-        and the per-level top-``nms_pre`` by cls x ctr, boxes not clipped
-        before NMS), selected for the whole batch in one op per level, then
-        NMS per image; otherwise mmdet's CondInst path (cls alone, image by
-        image).
+        ``test_cfg.candidate_rule`` (see ``CANDIDATE_RULES``) 'adelaidet'
+        and 'fcos_repo', the authors' FCOS inference, are selected for the
+        whole batch in one op per level, then NMS per image; 'mmdet' is
+        mmdet's CondInst path (image by image).
 
         Args:
             cls_scores (list[Tensor]): Class logits per level, (B, C, H, W).
@@ -53,7 +86,8 @@ class EmbedMaskBboxPredictMixin:
             ``strides``.
         """
         cfg = self.test_cfg if cfg is None else cfg
-        if not cfg.get('thresh_with_ctr', False):
+        rule = candidate_rule(cfg)
+        if rule == 'mmdet':
             return super().predict_by_feat(
                 cls_scores, bbox_preds, score_factors, param_preds,
                 batch_img_metas=batch_img_metas, cfg=cfg, rescale=rescale,
@@ -66,7 +100,8 @@ class EmbedMaskBboxPredictMixin:
             [b.detach() for b in bbox_preds],
             [f.detach() for f in score_factors],
             [p.detach() for p in param_preds],
-            [p[:, :2] for p in priors], [p[:, 2] for p in priors], cfg)]
+            [p[:, :2] for p in priors], [p[:, 2] for p in priors], cfg,
+            rule, batch_img_metas)]
 
     def _predict_by_feat_single(self, cls_score_list: List[Tensor],
                                 bbox_pred_list: List[Tensor],
@@ -76,8 +111,9 @@ class EmbedMaskBboxPredictMixin:
                                 mlvl_strides: List[Tensor], img_meta: dict,
                                 cfg, rescale: bool = False,
                                 with_nms: bool = True) -> InstanceData:
-        """mmdet's CondInst selection for one image (``thresh_with_ctr``
-        False), with the parameters split and scores per ``score_type``."""
+        """mmdet's CondInst selection for one image (candidate rule
+        'mmdet'), with the parameters split and scores per
+        ``score_type``."""
         cfg = self.test_cfg if cfg is None else cfg
         results = super()._predict_by_feat_single(
             cls_score_list, bbox_pred_list, score_factor_list,
@@ -93,12 +129,16 @@ class EmbedMaskBboxPredictMixin:
 
     def _select_by_cls_ctr(self, cls_scores, bbox_preds, score_factors,
                            param_preds, mlvl_points, mlvl_strides,
-                           cfg) -> InstanceList:
+                           cfg, rule: str = 'adelaidet',
+                           batch_img_metas: Optional[List[dict]] = None
+                           ) -> InstanceList:
         """AdelaiDet ``FCOSOutputs.forward_for_single_feature_map`` and
-        ``select_over_all_levels`` for a batch: score = σ(cls) σ(ctr) >
-        score_thr, top ``nms_pre`` per level and image (one ``topk`` per
-        level for all images), then per image class-wise NMS and the top
-        ``max_per_img``."""
+        ``select_over_all_levels`` for a batch: candidates σ(cls) σ(ctr) >
+        score_thr ('adelaidet') or σ(cls) > score_thr ('fcos_repo'), the
+        top ``nms_pre`` per level and image by σ(cls) σ(ctr) (one ``topk``
+        per level for all images), 'fcos_repo' boxes clipped to
+        [0, w - 1] x [0, h - 1] of ``img_shape``, then per image
+        class-wise NMS and the top ``max_per_img``."""
         nms_pre = cfg.get('nms_pre', -1)
         score_thr = cfg.get('score_thr', 0.)
         num_imgs = cls_scores[0].size(0)
@@ -112,11 +152,12 @@ class EmbedMaskBboxPredictMixin:
         for cls_score, bbox_pred, ctr, param_pred, points, strides in zip(
                 cls_scores, bbox_preds, score_factors, param_preds,
                 mlvl_points, mlvl_strides):
-            scores = (flat(cls_score).sigmoid() * flat(ctr).sigmoid()
-                      ).reshape(num_imgs, -1)
+            cls = flat(cls_score).sigmoid()
+            scores = (cls * flat(ctr).sigmoid()).reshape(num_imgs, -1)
             # the top nms_pre candidates, or all of them when fewer: one
             # topk for the batch, non-candidates below every candidate
-            candidates = scores > score_thr
+            candidates = (scores if rule == 'adelaidet' else
+                          cls.reshape(num_imgs, -1)) > score_thr
             k = int(candidates.sum(dim=1).max()) if num_imgs else 0
             if 0 <= nms_pre < k:
                 k = nms_pre
@@ -136,13 +177,18 @@ class EmbedMaskBboxPredictMixin:
             levels['bboxes'].append(distance2bbox(points[locs],
                                                   at_locs(bbox_pred)))
             levels['param_preds'].append(at_locs(param_pred))
-            levels['valid'].append(scores > score_thr)
+            levels['valid'].append(candidates.gather(1, inds))
         batch = {k: torch.cat(v, dim=1) for k, v in levels.items()}
         results_list = []
         for img_id in range(num_imgs):
             valid = batch['valid'][img_id]
             results = InstanceData(**{k: batch[k][img_id][valid]
                                       for k in keys[:-1]})
+            if rule == 'fcos_repo':
+                img_h, img_w = batch_img_metas[img_id]['img_shape'][:2]
+                boxes = results.bboxes
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img_w - 1)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, img_h - 1)
             if cfg.get('min_bbox_size', -1) >= 0:
                 w = results.bboxes[:, 2] - results.bboxes[:, 0]
                 h = results.bboxes[:, 3] - results.bboxes[:, 1]

@@ -30,9 +30,10 @@ SAMPLINGS = ('all_positives', 'best_iou_per_gt')
 # mask loss normalisation: mean over the batch's instances (AdelaiDet), or
 # mean per image, summed, / images incl. empty ones (FCOS repo)
 LOSS_MASK_NORMS = ('instances', 'images')
-# how masks reach the output resolution: resample p (the authors' way) or
-# resample the embeddings and evaluate p at every output pixel
-MASK_RESAMPLES = ('prob', 'embedding')
+# how masks reach the output resolution: resample p (AdelaiDet's way),
+# resample the embeddings and evaluate p at every output pixel, or resample
+# log p inside each box's window of cells (the FCOS repo's way)
+MASK_RESAMPLES = ('prob', 'embedding', 'log_prob')
 
 
 @MODELS.register_module()
@@ -175,6 +176,8 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         self.pixel_branch_type = branch_type
         self.pixel_start_level = settings['start_level']
         self.upsample_embedding = settings.pop('upsample_embedding')
+        self.coords_before_upsample = settings.pop('coords_before_upsample',
+                                                   False)
         self.pixel_stride = settings.pop('mask_stride', 8)
         self.pixel_branch = EmbedMaskPixelBranch(
             in_channels=self.in_channels, out_channels=self.embed_dim,
@@ -230,11 +233,23 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         # float32 under autocast: image coordinates (up to ~1300 / 100) in
         # bf16 would be ~0.05, i.e. 5 pixels, off
         embed = self.pixel_branch(x).float()
+        if self.upsample_embedding and self.coords_before_upsample:
+            # the FCOS repo's order; bilinear upsampling reproduces the
+            # stride-4 cell centres' coordinates except on the border
+            # rows/columns, which get the edge cell's (a 2-px difference)
+            embed = self._with_coords(embed, self.pixel_stride)
+            return F.interpolate(embed, scale_factor=2, mode='bilinear',
+                                 align_corners=False)
         stride = self.pixel_stride
         if self.upsample_embedding:
             embed = F.interpolate(embed, scale_factor=2, mode='bilinear',
                                   align_corners=False)
             stride = stride // 2
+        return self._with_coords(embed, stride)
+
+    def _with_coords(self, embed: Tensor, stride: int) -> Tensor:
+        """(B, D, H, W) conv output plus its stride-``stride`` cell
+        centres' coordinates on the 2 spatial channels."""
         coords = location_map(*embed.shape[-2:], stride, embed.device,
                               embed.dtype)
         return torch.cat([

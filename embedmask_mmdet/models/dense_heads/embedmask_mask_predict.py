@@ -1,6 +1,7 @@
 """Test-time masks of :class:`EmbedMaskMaskHead`: boolean masks at the output
 size (``predict_by_feat``) and the probabilities they threshold
 (``mask_probs_at_output``, used by the test-time augmentation merge)."""
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -9,11 +10,13 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..utils import location_map, mask_probability, spatial_embedding
+from ..utils import (location_map, mask_log_probability, mask_probability,
+                     spatial_embedding)
 from ..utils.mask_targets import upsample_prob
 from ..utils.mask_paste import (MAX_PASTE_ELEMENTS, crop_masks_to_boxes,
                                 paste_masks, paste_masks_aligned_bilinear,
-                                resample_aligned_bilinear, resample_to_output)
+                                resample_aligned_bilinear, resample_to_output,
+                                window_log_prob)
 
 __all__ = ['EmbedMaskMaskPredictMixin']
 
@@ -37,8 +40,11 @@ class EmbedMaskMaskPredictMixin:
         p at ``mask_out_stride`` is placed by
         :func:`paste_masks_aligned_bilinear`; otherwise, with
         ``test_cfg.mask_resample='prob'`` (default) p at ``prob_stride``
-        is resampled by :func:`paste_masks`, and with 'embedding' p is
-        evaluated at every output pixel on embeddings from
+        is resampled by :func:`paste_masks`, with 'log_prob' (the FCOS
+        repo) log p inside each box's window of cells
+        (:func:`window_log_prob`, ``test_cfg.window_padding`` cells) is
+        resampled and compared with log ``mask_thr``, and with 'embedding'
+        p is evaluated at every output pixel on embeddings from
         :meth:`pixel_embedding_at`. ``test_cfg.crop_to_box`` clears pixels
         farther than ``crop_padding`` x ``mask_out_stride`` (scaled to the
         output) outside the box. Boxes are scaled from ``img_shape`` to
@@ -154,13 +160,27 @@ class EmbedMaskMaskPredictMixin:
                 self.mask_prob_at_out_stride(pixel_embed, results),
                 self.mask_out_stride, img_shape, out_shape)
         proposal_embed = self.proposal_embedding(results)
-        if (self.test_cfg or {}).get('mask_resample', 'prob') == 'prob':
+        resample = (self.test_cfg or {}).get('mask_resample', 'prob')
+        if resample == 'prob':
             prob = mask_probability(pixel_embed, proposal_embed,
                                     results.margins)
             return resample_to_output(prob, self.prob_stride, img_shape,
                                       out_shape)
+        if resample == 'log_prob':
+            log_prob = self.window(mask_log_probability(
+                pixel_embed, proposal_embed, results.margins), results.bboxes)
+            return resample_to_output(log_prob, self.prob_stride, img_shape,
+                                      out_shape).exp()
         embed = self.pixel_embedding_at(pixel_embed, img_shape, out_shape)
         return mask_probability(embed, proposal_embed, results.margins)
+
+    def window(self, log_prob: Tensor, bboxes: Tensor) -> Tensor:
+        """log p (N, h, w) at ``prob_stride`` kept inside each detection's
+        window of cells (``test_cfg.window_padding``, default 2), the
+        FCOS repo's -10 outside (:func:`window_log_prob`); ``bboxes``
+        (N, 4) in input pixels."""
+        return window_log_prob(log_prob, bboxes, self.prob_stride,
+                               (self.test_cfg or {}).get('window_padding', 2))
 
     def padded_proposals(self, results_list: InstanceList
                          ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -191,6 +211,15 @@ class EmbedMaskMaskPredictMixin:
         threshold = cfg.get('mask_thr', 0.5)
         max_elements = cfg.get('max_paste_elements', MAX_PASTE_ELEMENTS)
         q, s, valid = self.padded_proposals(results_list)
+        if cfg.get('mask_resample', 'prob') == 'log_prob':
+            log_prob = self.window(
+                mask_log_probability(pixel_embeds, q, s)[valid],
+                torch.cat([r.bboxes for r in results_list]))
+            masks = paste_masks(
+                log_prob, self.prob_stride, img_shape, out_shape,
+                math.log(threshold), boxes, box_padding, max_elements,
+                regions=cfg.get('paste_regions'))
+            return list(masks.split(counts))
         if self.alignment == 'adelaidet' or \
                 cfg.get('mask_resample', 'prob') == 'prob':
             prob = mask_probability(pixel_embeds, q, s)[valid]

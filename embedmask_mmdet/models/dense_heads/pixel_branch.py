@@ -23,13 +23,15 @@ PIXEL_BRANCHES = {
                         num_stacked_convs=4, norm_cfg=dict(type='BN'),
                         out_conv=True, pred_kernel_size=3,
                         upsample_embedding=False, conv_init='kaiming_uniform'),
-    # authors' FCOS repo (v3): GN tower on P3 only, 3x3 prediction conv,
-    # embedding upsampled x2 to stride 4 before p
+    # authors' FCOS repo (v3): 4 convs with bias + GN on P3 only (the
+    # level conv and 3 stacked), 3x3 prediction conv, the coordinates
+    # added at stride 8, then the embedding upsampled x2 to stride 4
     'p3_tower': dict(start_level=0, end_level=0, feat_channels=256,
                      num_stacked_convs=3,
                      norm_cfg=dict(type='GN', num_groups=32),
-                     out_conv=False, pred_kernel_size=3,
-                     upsample_embedding=True, conv_init='normal'),
+                     out_conv=False, pred_kernel_size=3, conv_bias=True,
+                     upsample_embedding=True, coords_before_upsample=True,
+                     conv_init='normal'),
     # not in the paper: P2-P5 fused at stride 4 (the neck must also output P2
     # as level 0, the box head then reads from level 1), so small objects'
     # embeddings get stride-4 detail instead of an upsampled stride-8 map
@@ -47,13 +49,17 @@ class EmbedMaskPixelBranch(MaskFeatModule):
     ``pred_kernel_size`` sets the prediction conv's kernel (mmdet: 1) and
     ``conv_init`` the authors' init of the normed convs: 'kaiming_uniform'
     (AdelaiDet) or 'normal' (Normal(0.01), bias 0: the FCOS repo's tower).
+    ``conv_bias`` gives the normed convs a bias (mmdet builds them without):
+    the FCOS repo's tower has one, and under GroupNorm a per-channel bias
+    is not cancelled (only the mean over a group of channels is).
 
     Output: (B, out_channels, H, W) at ``mask_stride``.
     """
 
     def __init__(self, *args, out_conv: bool = False,
                  pred_kernel_size: int = 1,
-                 conv_init: str = 'kaiming_uniform', **kwargs) -> None:
+                 conv_init: str = 'kaiming_uniform',
+                 conv_bias: bool = False, **kwargs) -> None:
         if pred_kernel_size not in (1, 3):
             raise ValueError('EmbedMaskMaskHead: pixel_branch.pred_kernel_size '
                              f'must be 1 or 3, got {pred_kernel_size!r}')
@@ -63,10 +69,18 @@ class EmbedMaskPixelBranch(MaskFeatModule):
         self.conv_init = conv_init
         self.out_conv = bool(out_conv)
         self.pred_kernel_size = pred_kernel_size
+        self.conv_bias = bool(conv_bias)
         super().__init__(*args, **kwargs)
 
     def _init_layers(self) -> None:
         super()._init_layers()
+        if self.conv_bias:
+            for module in self.modules():
+                if isinstance(module, ConvModule):
+                    conv = module.conv
+                    conv.bias = nn.Parameter(conv.weight.new_zeros(
+                        conv.out_channels))
+                    module.with_bias = True
         if self.out_conv:
             self.conv_branch.append(nn.Conv2d(
                 self.feat_channels, self.feat_channels, 3, padding=1))

@@ -1,9 +1,10 @@
-from .embedding import (location_map, mask_logit, mask_probability,
-                        prior_margin_bias, proposal_margin, spatial_embedding)
+from .embedding import (location_map, mask_log_probability, mask_logit,
+                        mask_probability, prior_margin_bias, proposal_margin,
+                        spatial_embedding)
 
 __all__ = [
-    'location_map', 'mask_logit', 'mask_probability', 'prior_margin_bias',
-    'proposal_margin', 'spatial_embedding'
+    'location_map', 'mask_log_probability', 'mask_logit', 'mask_probability',
+    'prior_margin_bias', 'proposal_margin', 'spatial_embedding'
 ]
 from .checks import check_choice, check_embed_dim  # noqa: E402
 

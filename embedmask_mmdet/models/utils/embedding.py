@@ -116,6 +116,28 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
 
     p_ik = exp(- Σ_d s_kd (x_id - q_kd)^2)
 
+    The exponential of :func:`mask_log_probability` (same shapes, always
+    float32 for the same reason).
+
+    Args:
+        pixel_embed (Tensor): (D, H, W) or (B, D, H, W) pixel embeddings x.
+        proposal_embed (Tensor): (N, D) or (B, N, D) proposal embeddings q.
+        margin (Tensor): (N, D) or (B, N, D) proposal margins s > 0.
+
+    Returns:
+        Tensor: (N, H, W) or (B, N, H, W) float32 probabilities in [0, 1].
+    """
+    with torch.autocast(pixel_embed.device.type, enabled=False):
+        return torch.exp(mask_log_probability(pixel_embed, proposal_embed,
+                                              margin))
+
+
+def mask_log_probability(pixel_embed: Tensor, proposal_embed: Tensor,
+                         margin: Tensor) -> Tensor:
+    """Log mask probability of every pixel for every proposal.
+
+    log p_ik = - Σ_d s_kd (x_id - q_kd)^2
+
     Always float32, whatever the input dtype or autocast state: p feeds the
     mask threshold and the mask loss, and at large margins s an fp16/bf16
     energy flips many pixels across p = 0.5. The differences (x - q) are
@@ -131,7 +153,7 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
         margin (Tensor): (N, D) or (B, N, D) proposal margins s > 0.
 
     Returns:
-        Tensor: (N, H, W) or (B, N, H, W) float32 probabilities in [0, 1].
+        Tensor: (N, H, W) or (B, N, H, W) float32 log-probabilities <= 0.
     """
     batched = pixel_embed.dim() == 4
     if not batched:
@@ -153,8 +175,8 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
                 for d in range(dim))
         else:
             energy = _MaskEnergy.apply(x, q, s)
-        prob = torch.exp(-energy).reshape(batch, -1, height, width)
-        return prob if batched else prob[0]
+        log_prob = (-energy).reshape(batch, -1, height, width)
+        return log_prob if batched else log_prob[0]
 
 
 class _MaskEnergy(torch.autograd.Function):

@@ -65,6 +65,42 @@ def resample_to_output(maps: Tensor, stride: int, img_shape: Tuple[int, int],
         recompute_scale_factor=False)[0, :, :out_shape[0], :out_shape[1]]
 
 
+# the FCOS repo's log p outside a detection's window (inference.py)
+WINDOW_FILL = -10.
+
+
+def window_log_prob(log_prob: Tensor, boxes: Tensor, stride: int,
+                    padding: int = 2, fill: float = WINDOW_FILL) -> Tensor:
+    """The FCOS repo's test-time support of a mask: log p kept in the cells
+    [int(x1 / s) - pad, int(x2 / s) + pad) x [int(y1 / s) - pad,
+    int(y2 / s) + pad) (clamped to the map, end exclusive), ``fill``
+    elsewhere; the map is then resampled as log p (``inference.py``
+    ``compute_mask_prob``).
+
+    Args:
+        log_prob (Tensor): log p (N, h, w) at ``stride``.
+        boxes (Tensor): Detections (N, 4) in input pixels, >= 0.
+        stride (int): Stride of ``log_prob``.
+        padding (int): Cells added on each side. Defaults to 2.
+        fill (float): log p outside the window. Defaults to -10.
+
+    Returns:
+        Tensor: (N, h, w), a new tensor.
+    """
+    height, width = log_prob.shape[-2:]
+    # int() of the authors' non-negative boxes is a floor
+    cells = torch.div(boxes, stride, rounding_mode='floor').long()
+    x1 = (cells[:, 0] - padding).clamp(min=0)
+    y1 = (cells[:, 1] - padding).clamp(min=0)
+    x2 = (cells[:, 2] + padding).clamp(max=width)
+    y2 = (cells[:, 3] + padding).clamp(max=height)
+    xs = torch.arange(width, device=log_prob.device)
+    ys = torch.arange(height, device=log_prob.device)
+    inside = ((ys >= y1[:, None]) & (ys < y2[:, None]))[:, :, None] & \
+        ((xs >= x1[:, None]) & (xs < x2[:, None]))[:, None, :]
+    return torch.where(inside, log_prob, log_prob.new_tensor(fill))
+
+
 def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
     """Clears (in place) mask pixels farther than ``padding`` outside their
     box; masks (N, H, W) bool, boxes (N, 4) in the masks' coordinates.

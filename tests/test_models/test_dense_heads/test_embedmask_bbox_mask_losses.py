@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps
 from mmengine.structures import InstanceData
@@ -182,9 +183,16 @@ def test_zero_conv_proposal_embedding_equals_pixel_embedding(design):
     stride = 8 if design == 'default' else 4
     assert pixel.shape == (2, EMBED_DIM, H // stride, W // stride)
     scale = 1.7 if design == 'v3' else 1.
-    torch.testing.assert_close(
-        pixel[0, :2], location_map(H // stride, W // stride, stride) *
-        scale / 100.)
+    coords = location_map(H // stride, W // stride, stride)
+    if design == 'v3':
+        # the FCOS repo adds the stride-8 coordinates, then upsamples: the
+        # stride-4 centres inside, the edge cells' on the border
+        coords = F.interpolate(location_map(H // 8, W // 8, 8)[None],
+                               scale_factor=2, mode='bilinear',
+                               align_corners=False)[0]
+        assert torch.equal(coords[:, 1:-1, 1:-1],
+                           location_map(H // 4, W // 4, 4)[:, 1:-1, 1:-1])
+    torch.testing.assert_close(pixel[0, :2], coords * scale / 100.)
     checked = 0
     for img, info in enumerate(infos):
         q = mask_head.proposal_embedding(info)
@@ -198,6 +206,8 @@ def test_zero_conv_proposal_embedding_equals_pixel_embedding(design):
             assert info.points[k].tolist() == [(j + .5) * 8, (i + .5) * 8]
             if design == 'default':
                 cell = pixel[img, :, i, j]
+            elif i in (0, H // 8 - 1) or j in (0, W // 8 - 1):
+                continue  # border: the edge-cell coordinates (above)
             else:
                 # stride 4: the point is the corner shared by cells
                 # (2i..2i+1, 2j..2j+1); no stride-4 centre equals it

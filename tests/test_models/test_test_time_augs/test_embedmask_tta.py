@@ -37,9 +37,13 @@ DESIGNS = {
     'centre-prob': dict(test_cfg=dict(mask_resample='prob', mask_thr=0.4)),
     'adelaidet': dict(mask_head=dict(alignment='adelaidet'),
                       test_cfg=dict(mask_resample='prob')),
-    'v3-crop': dict(test_cfg=dict(
+    'mmdet-crop': dict(test_cfg=dict(
         mask_resample='prob', thresh_with_ctr=False, score_type='cls_ctr',
         crop_to_box=True, min_bbox_size=0)),
+    'v3': dict(test_cfg=dict(
+        candidate_rule='fcos_repo', thresh_with_ctr=False,
+        mask_resample='log_prob', mask_thr=0.53, crop_to_box=False,
+        score_type='cls_ctr', min_bbox_size=0)),
 }
 META = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
         'flip', 'flip_direction')
