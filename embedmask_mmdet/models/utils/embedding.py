@@ -116,13 +116,8 @@ def mask_probability(pixel_embed: Tensor, proposal_embed: Tensor,
 
     p_ik = exp(- Σ_d s_kd (x_id - q_kd)^2)
 
-    The exponential of :func:`mask_log_probability` (same shapes, always
-    float32 for the same reason).
-
-    Args:
-        pixel_embed (Tensor): (D, H, W) or (B, D, H, W) pixel embeddings x.
-        proposal_embed (Tensor): (N, D) or (B, N, D) proposal embeddings q.
-        margin (Tensor): (N, D) or (B, N, D) proposal margins s > 0.
+    The exponential of :func:`mask_log_probability`, which takes the same
+    arguments x, q and s; always float32 for the same reason.
 
     Returns:
         Tensor: (N, H, W) or (B, N, H, W) float32 probabilities in [0, 1].
