@@ -17,11 +17,10 @@ import torch
 from mmengine.config import Config
 
 from ..models.utils.torch_compat import export_torch_problem
-from .graph import EmbedMaskGraph
+from .graph import MASK_CONTRACTS, EmbedMaskGraph
 from .nms import onnx_translation_table
 
 INPUT_NAMES = ['image', 'img_shape']
-OUTPUT_NAMES = ['dets', 'labels', 'masks']
 # metadata_props keys of the exported model; the runtime reads them back
 META_CONFIG = 'embedmask.config'
 META_CLASSES = 'embedmask.classes'
@@ -85,9 +84,21 @@ def build_model(cfg: Config, checkpoint: str):
     return init_detector(cfg, checkpoint, device='cpu')
 
 
+# what META_MASKS says of each contract (docs/deployment.md has the rest)
+MASK_CONTRACT_NOTES = {
+    'compact': 'compact: dets, labels, embeddings, margins, points, '
+               'pixel_embeds; p = exp(-sum s (x - q)^2), evaluated by the '
+               'mask head\'s predict_by_feat; threshold: '
+               'model.test_cfg.mask_thr',
+    'dense': 'dense: float32 mask probabilities at the input size, 0 in the '
+             'padding; threshold: model.test_cfg.mask_thr',
+}
+
+
 def export_onnx(config, checkpoint: str, out: str,
                 shape: Optional[Sequence[int]] = None, max_dets: int = 100,
-                opset: Optional[int] = None, model=None):
+                opset: Optional[int] = None, model=None,
+                masks: str = 'compact'):
     """Writes ``out`` and returns the ``torch.onnx.ONNXProgram``.
 
     Args:
@@ -101,6 +112,9 @@ def export_onnx(config, checkpoint: str, out: str,
         opset (int, optional): ONNX opset; None: the exporter's default.
         model (nn.Module, optional): An already built detector to export
             instead of building one from ``checkpoint``.
+        masks (str): The mask outputs: 'compact' (the mask formula's
+            per-detection terms and the pixel-embedding map; the runtime
+            evaluates the masks) or 'dense' (N x H x W probabilities).
     """
     check_torch()
     cfg = load_config(config)
@@ -110,9 +124,12 @@ def export_onnx(config, checkpoint: str, out: str,
         check_shape(shape, divisor)
     if max_dets <= 0:
         raise ExportError(f'--max-dets must be > 0, got {max_dets}')
+    if masks not in MASK_CONTRACTS:
+        raise ExportError(f'--masks {masks!r}: use one of '
+                          f'{", ".join(MASK_CONTRACTS)}')
     if model is None:
         model = build_model(cfg, checkpoint)
-    graph = EmbedMaskGraph(model, max_dets=max_dets).eval()
+    graph = EmbedMaskGraph(model, max_dets=max_dets, masks=masks).eval()
     # no level of the example may be 1 x 1: torch.export would specialise
     # those sizes to 1 (P7 is at stride 128)
     height, width = shape if shape is not None else (
@@ -128,7 +145,7 @@ def export_onnx(config, checkpoint: str, out: str,
     with torch.no_grad():
         program = torch.onnx.export(
             graph, example, dynamo=True, dynamic_shapes=dynamic_shapes,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+            input_names=INPUT_NAMES, output_names=list(MASK_CONTRACTS[masks]),
             opset_version=opset,
             custom_translation_table=onnx_translation_table(), verbose=False)
     meta = program.model.metadata_props
@@ -136,7 +153,6 @@ def export_onnx(config, checkpoint: str, out: str,
     classes = (getattr(model, 'dataset_meta', None) or {}).get('classes')
     if classes:
         meta[META_CLASSES] = '\n'.join(classes)
-    meta[META_MASKS] = ('float32 mask probabilities at the input size, 0 in '
-                        'the padding; threshold: model.test_cfg.mask_thr')
+    meta[META_MASKS] = MASK_CONTRACT_NOTES[masks]
     program.save(out)
     return program

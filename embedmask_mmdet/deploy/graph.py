@@ -1,7 +1,7 @@
 """EmbedMask inference as one tensor program: the image tensor in; boxes,
-scores, labels and mask probabilities out, with no Python data structure or
-data-dependent loop in between, so that ``torch.export`` (and from it ONNX)
-can capture all of it.
+scores, labels and the masks' closed form (or dense mask probabilities)
+out, with no Python data structure or data-dependent loop in between, so
+that ``torch.export`` (and from it ONNX) can capture all of it.
 
 It runs the detector's own modules and formulas (``extract_feat``, the two
 heads' ``forward``, ``proposal_embedding``, ``mask_probability``,
@@ -29,6 +29,12 @@ from .nms import multiclass_nms
 # score of a padded or rejected candidate: below every real score, so NMS's
 # score threshold drops it
 REJECTED = -1.
+# the graph's outputs per mask contract (``EmbedMaskGraph(masks=...)``)
+MASK_CONTRACTS = {
+    'compact': ('dets', 'labels', 'embeddings', 'margins', 'points',
+                'pixel_embeds'),
+    'dense': ('dets', 'labels', 'masks'),
+}
 
 
 class EmbedMaskGraph(nn.Module):
@@ -40,26 +46,45 @@ class EmbedMaskGraph(nn.Module):
 
     - ``dets`` (N, 5): x1, y1, x2, y2 in input pixels, score;
     - ``labels`` (N,) int64;
+
+    and with ``masks='compact'`` (default) the terms of the mask formula
+    p = exp(-sum_d s_d (x_d - q_d)^2), which the runtime evaluates with the
+    mask head's own ``predict_by_feat`` (each mask only where it can be
+    above ``mask_thr``, at the original image size):
+
+    - ``embeddings`` (N, D): the box head's embedding channels, q before
+      the FCOS location's coordinates are added;
+    - ``margins`` (N, D): s;
+    - ``points`` (N, 2): the FCOS locations (x, y) in input pixels;
+    - ``pixel_embeds`` (1, D, H / prob_stride, W / prob_stride): x, the
+      pixel embeddings (coordinates included) of the padded input;
+
+    with ``masks='dense'``:
+
     - ``masks`` (N, H, W) float32 mask probabilities p at every input pixel,
       before the ``mask_thr`` threshold; only the ``img_shape`` part is an
       image's (the runtime crops to it: clearing the padding would cost a
-      pass over N x H x W);
+      pass over N x H x W).
 
     N <= ``max_dets``, by descending score, as ``EmbedMask.predict`` with
     ``rescale=False`` gives them (there: p > mask_thr at ``img_shape``).
     """
 
-    def __init__(self, detector: nn.Module, max_dets: int = 100) -> None:
+    def __init__(self, detector: nn.Module, max_dets: int = 100,
+                 masks: str = 'compact') -> None:
         super().__init__()
+        if masks not in MASK_CONTRACTS:
+            raise ValueError(f'masks={masks!r}: use one of '
+                             f'{tuple(MASK_CONTRACTS)}')
         self.detector = detector
         self.bbox_head = detector.bbox_head
         self.mask_head = detector.mask_head
         self.cfg = self.bbox_head.test_cfg
         self.max_dets = int(max_dets)
+        self.masks = masks
         self.eval()
 
-    def forward(self, image: Tensor, img_shape: Tensor
-                ) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor, img_shape: Tensor) -> Tuple[Tensor, ...]:
         feats = self.detector.extract_feat(image)
         cls_scores, bbox_preds, centernesses, param_preds = \
             self.bbox_head(feats)
@@ -71,11 +96,15 @@ class EmbedMaskGraph(nn.Module):
         if self.cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
             scores = scores.sqrt()
         dets = torch.cat([boxes[keep], scores[:, None]], dim=1)
+        embed_dim = self.bbox_head.embed_dim
+        if self.masks == 'compact':
+            return (dets, labels[keep], params[keep, :embed_dim],
+                    params[keep, embed_dim:], points[keep], pixel_embed)
         # attributes as the mask head reads them from InstanceData, whose
         # len() would force the (unknown) number of detections to an int
         instances = SimpleNamespace(
-            embeddings=params[keep, :self.bbox_head.embed_dim],
-            margins=params[keep, self.bbox_head.embed_dim:],
+            embeddings=params[keep, :embed_dim],
+            margins=params[keep, embed_dim:],
             points=points[keep], bboxes=boxes[keep])
         masks = self.mask_probs(pixel_embed[0], instances, image.shape[-2:])
         return dets, labels[keep], masks

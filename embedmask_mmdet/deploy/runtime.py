@@ -3,8 +3,13 @@ mmdet ``DetDataSample``s, the same fields as ``DetInferencer``'s
 (``pred_instances``: ``bboxes``, ``scores``, ``labels``, ``masks``).
 
 Preprocessing is the config's own test pipeline and data preprocessor (the
-config travels inside the .onnx); the graph runs one image at a time; the
-NumPy step (:mod:`.postprocess`) maps its outputs to the original image.
+config travels inside the .onnx); the graph runs one image at a time. A
+graph with the compact mask outputs (the default export) gets its masks
+from the mask head's own ``predict_by_feat`` (built from the config, no
+weights: the masks' closed form needs none), so each mask is evaluated only
+where it can be foreground, at the original image size, exactly as
+PyTorch places it; a dense graph's N x H x W probabilities go through the
+NumPy step (:mod:`.postprocess`).
 """
 import logging
 import os
@@ -23,7 +28,8 @@ from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
 from ..utils.image_io import UnreadableImage, read_image
-from .export import META_CLASSES, META_CONFIG, OUTPUT_NAMES
+from .export import META_CLASSES, META_CONFIG
+from .graph import MASK_CONTRACTS
 from .postprocess import postprocess
 
 BACKENDS = ('onnxruntime', 'openvino')
@@ -65,6 +71,9 @@ class _OnnxRuntimeSession:
                 "precision='bf16': ONNX Runtime's CPU provider runs the graph "
                 "in float32; use backend='openvino' for bf16")
         options = ort.SessionOptions()
+        # no arena: its blocks would stay held through the mask step, the
+        # peak of a large image (PyTorch's allocator returns them)
+        options.enable_cpu_mem_arena = False
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
         self.session = ort.InferenceSession(
@@ -74,12 +83,13 @@ class _OnnxRuntimeSession:
         # a design whose graph never reads img_shape has no such input
         self.feeds_img_shape = 'img_shape' in {
             i.name for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, image: np.ndarray, img_shape: np.ndarray):
         feed = {'image': image}
         if self.feeds_img_shape:
             feed['img_shape'] = img_shape
-        return self.session.run(OUTPUT_NAMES, feed)
+        return self.session.run(self.output_names, feed)
 
 
 class _OpenVINOSession:
@@ -109,15 +119,16 @@ class _OpenVINOSession:
                             for d in shape]
         self.feeds_img_shape = 'img_shape' in {
             name for port in model.inputs for name in port.get_names()}
+        self.output_names = [port.get_any_name() for port in model.outputs]
 
     def __call__(self, image: np.ndarray, img_shape: np.ndarray):
         feed = {'image': image}
         if self.feeds_img_shape:
             feed['img_shape'] = img_shape
-        # no copies of the (N, H, W) maps: the caller reads them before the
-        # next inference
+        # no copies of the outputs: the caller reads them before the next
+        # inference
         res = self.request.infer(feed, share_inputs=True, share_outputs=True)
-        return [res[self.compiled.output(name)] for name in OUTPUT_NAMES]
+        return [res[self.compiled.output(name)] for name in self.output_names]
 
 
 class EmbedMaskONNXModel:
@@ -172,7 +183,16 @@ class EmbedMaskONNXModel:
         classes = meta.get(META_CLASSES)
         self.dataset_meta = dict(classes=tuple(classes.split('\n'))) \
             if classes else dict(config.get('metainfo', {}))
+        self.session = _OnnxRuntimeSession(
+            model_file, precision, num_threads, providers) \
+            if backend == 'onnxruntime' else _OpenVINOSession(
+                model_file, precision, num_threads)
+        self.mask_contract = _mask_contract(self.session.output_names,
+                                            model_file)
         test_cfg = config.model.get('test_cfg') or {}
+        # the compact contract's masks: the mask head's own predict code
+        self.mask_head = _mask_head(config) \
+            if self.mask_contract == 'compact' else None
         self.mask_cfg = dict(
             mask_thr=test_cfg.get('mask_thr', 0.5),
             crop_to_box=test_cfg.get('crop_to_box', False),
@@ -180,12 +200,6 @@ class EmbedMaskONNXModel:
             mask_out_stride=config.model.mask_head.get('mask_out_stride', 4))
         self.data_preprocessor = MODELS.build(config.model.data_preprocessor)
         self.pipeline = self._inference_pipeline(config)
-        if backend == 'onnxruntime':
-            self.session = _OnnxRuntimeSession(model_file, precision,
-                                               num_threads, providers)
-        else:
-            self.session = _OpenVINOSession(model_file, precision,
-                                            num_threads)
         shape = self.session.input_shape[2:]
         self.fixed_shape = tuple(shape) if all(
             isinstance(s, int) for s in shape) else None
@@ -209,8 +223,9 @@ class EmbedMaskONNXModel:
 
     # ------------------------------------------------------------- inference
     def run_graph(self, image: np.ndarray, img_shape) -> list:
-        """Raw graph outputs (dets, labels, masks) for one preprocessed
-        (1, 3, H, W) float32 image whose un-padded size is ``img_shape``."""
+        """Raw graph outputs (``MASK_CONTRACTS[self.mask_contract]``) for
+        one preprocessed (1, 3, H, W) float32 image whose un-padded size is
+        ``img_shape``."""
         image = np.ascontiguousarray(image, dtype=np.float32)
         if self.fixed_shape is not None:
             height, width = self.fixed_shape
@@ -232,11 +247,35 @@ class EmbedMaskONNXModel:
         for i, sample in enumerate(samples):
             outputs = self.run_graph(inputs[i:i + 1].numpy(),
                                      sample.img_shape)
-            result = postprocess(*outputs, sample.img_shape, sample.ori_shape,
-                                 **self.mask_cfg)
-            sample.pred_instances = InstanceData(
-                **{k: torch.from_numpy(v) for k, v in result.items()})
+            if self.mask_contract == 'compact':
+                sample.pred_instances = self.compact_masks(outputs, sample)
+            else:
+                result = postprocess(*outputs, sample.img_shape,
+                                     sample.ori_shape, **self.mask_cfg)
+                sample.pred_instances = InstanceData(
+                    **{k: torch.from_numpy(v) for k, v in result.items()})
         return samples
+
+    def compact_masks(self, outputs: list, sample: DetDataSample
+                      ) -> InstanceData:
+        """The compact outputs of one image -> ``bboxes``, ``scores``,
+        ``labels`` and boolean ``masks`` at ``ori_shape``, by
+        ``EmbedMaskMaskHead.predict_by_feat`` (rescale=True), the code
+        ``EmbedMask.predict`` runs."""
+        dets, labels, embeddings, margins, points, pixel_embeds = (
+            torch.from_numpy(np.asarray(o)) for o in outputs)
+        results = InstanceData(
+            bboxes=dets[:, :4].float(), scores=dets[:, 4].float(),
+            labels=labels.long(), embeddings=embeddings.float(),
+            margins=margins.float(), points=points.float())
+        img_meta = dict(img_shape=sample.img_shape,
+                        ori_shape=sample.ori_shape)
+        with torch.no_grad():
+            out = self.mask_head.predict_by_feat(
+                pixel_embeds.float(), None, [results], [img_meta],
+                rescale=True)[0]
+        return InstanceData(bboxes=out.bboxes, scores=out.scores,
+                            labels=out.labels, masks=out.masks)
 
     def __call__(self, inputs: Union[ImageInput, Sequence[ImageInput]]
                  ) -> List[DetDataSample]:
@@ -263,6 +302,25 @@ class EmbedMaskONNXModel:
                                if self.skipped else ''), logger='current',
                   level=logging.WARNING if self.skipped else logging.INFO)
         return results
+
+
+def _mask_contract(output_names: Sequence[str], model_file: str) -> str:
+    """Which ``MASK_CONTRACTS`` entry a graph's outputs are."""
+    for name, outputs in MASK_CONTRACTS.items():
+        if list(outputs) == list(output_names):
+            return name
+    raise ValueError(
+        f'{model_file}: outputs {list(output_names)} are none of the EmbedMask '
+        f'export contracts {dict(MASK_CONTRACTS)}; re-export it with '
+        'tools/deployment/export_onnx.py')
+
+
+def _mask_head(cfg: Config):
+    """The config's mask head with the model's ``test_cfg`` (as the
+    detector builds it), in eval mode; its weights are never used."""
+    head_cfg = cfg.model.mask_head.copy()
+    head_cfg.update(test_cfg=cfg.model.get('test_cfg'))
+    return MODELS.build(head_cfg).eval()
 
 
 def evaluate(cfg: Config, predict_batch: Callable[[dict], list]) -> dict:
