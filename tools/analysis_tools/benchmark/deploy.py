@@ -185,6 +185,41 @@ def latency_case(name, case, work_dir, has_bf16, checkpoint=None):
                 best=best, best_gflops=gflop / rows[best])
 
 
+def lite_overhead(case, work_dir, checkpoint=None) -> dict:
+    """Stage times (``runtime_profile``) of the Lite model's OpenVINO fp32
+    call with the dense mask outputs (before) and the compact ones
+    (after), at the latency case's settings (100 detections)."""
+    from embedmask_mmdet.deploy import export_onnx
+    from .runtime_profile import profile
+    cfg = load_cfg(case['config'], speed=True)
+    compact = osp.join(work_dir, 'EmbedMask-Lite.onnx')
+    dense = osp.join(work_dir, 'EmbedMask-Lite_dense.onnx')
+    model = build(cfg, checkpoint)
+    for out, masks in ((compact, 'compact'), (dense, 'dense')):
+        if not osp.isfile(out):
+            export_onnx(cfg, None, out, model=model, masks=masks)
+    rows = profile([dense, compact], 'openvino', test_image(case['size']),
+                   config=cfg, reps=case['reps'], log=log)
+    return {row.pop('contract'): row for row in rows.values()}
+
+
+def large_image_case(checkpoint, data_root, work_dir) -> dict:
+    """``large_image.run``: the demo model on the val image with the most
+    objects, resized to 4000x3000."""
+    import json
+    from collections import Counter
+    from .large_image import run as large_run
+    ann = osp.join(data_root, 'annotations/instances_val.json')
+    with open(ann) as f:
+        coco = json.load(f)
+    counts = Counter(a['image_id'] for a in coco['annotations'])
+    busiest = counts.most_common(1)[0][0]
+    name = next(i['file_name'] for i in coco['images'] if i['id'] == busiest)
+    return large_run(osp.join(ROOT, DEMO_CONFIG), checkpoint,
+                     osp.join(data_root, 'val', name),
+                     osp.join(work_dir, 'large_image'), log=log)
+
+
 def mask_agreement(ref, got):
     """Mask IoUs of ref's detections above 0.3 matched to got's (same
     label, best box IoU >= 0.9), and the count without a match."""
@@ -291,11 +326,16 @@ def run(data_root: str, checkpoint=None, cases=None, work_dir=None) -> dict:
         ckpt = checkpoint if name == 'EmbedMask-Lite' else None
         latency[name] = latency_case(name, CASES[name], work_dir, has_bf16,
                                      ckpt)
+    overhead = lite_overhead(CASES['EmbedMask-Lite'], work_dir, checkpoint) \
+        if 'EmbedMask-Lite' in latency else None
     accuracy = accuracy_case(checkpoint, data_root, work_dir, has_bf16) \
+        if checkpoint else None
+    large = large_image_case(checkpoint, data_root, work_dir) \
         if checkpoint else None
     import onnxruntime
     import openvino
     return dict(peak=peak, openvino_bf16=has_bf16, latency=latency,
-                accuracy=accuracy, versions=dict(
+                lite_overhead=overhead, accuracy=accuracy, large_image=large,
+                versions=dict(
                     onnxruntime=onnxruntime.__version__,
                     openvino=openvino.__version__, torch=torch.__version__))

@@ -66,6 +66,8 @@ def deployment_section(dep: dict) -> List[str]:
               'linears\' multiply-adds x 2; achieved = count / best '
               'latency, so the pipeline and mask steps count against it.',
               '']
+    lines += overhead_lines(dep.get('lite_overhead'))
+    lines += large_image_lines(dep.get('large_image'))
     acc = dep.get('accuracy')
     if not acc:
         lines += ['No accuracy rows: no demo checkpoint (`make demo`).', '']
@@ -90,4 +92,59 @@ def deployment_section(dep: dict) -> List[str]:
               'IoU >= 0.9):', '']
     lines += _table(['path', 'matched', 'unmatched', 'min mask IoU',
                      'mean mask IoU', '% with IoU >= 0.98'], rows)
+    return lines
+
+
+def overhead_lines(overhead) -> List[str]:
+    """Where one Lite call's time goes, dense vs compact mask outputs."""
+    if not overhead:
+        return []
+    stages = ('pipeline', 'preprocess', 'graph', 'masks', 'total')
+    rows = [[contract] + [_f(1e3 * row[k], 1) for k in stages]
+            for contract, row in overhead.items()]
+    return ['### Where the Lite call\'s time goes', '',
+            'EmbedMask-Lite 320x320, OpenVINO fp32, 100 detections: each '
+            'stage of `EmbedMaskONNXModel` timed as the call runs it '
+            '(`tools/analysis_tools/benchmark/runtime_profile.py`), median '
+            'ms. Dense: the graph writes 100 probability maps at the input '
+            'size and the NumPy step resizes and thresholds each. Compact '
+            '(the default): the graph writes the mask formula\'s terms and '
+            'the mask head evaluates each mask only where it can be '
+            'foreground.', ''] + _table(['mask outputs'] + list(stages),
+                                        rows)
+
+
+def large_image_lines(large) -> List[str]:
+    """Peak RSS and time per path on the large photo; output bytes."""
+    if not large:
+        return []
+    size = f'{large["size"][1]}x{large["size"][0]}'
+    rows = [[path, _f(r['seconds'], 2), _f(r['peak_rss_mb'], 0),
+             _f(r['rss_after_load_mb'], 0), r['detections']]
+            for path, r in large['rows'].items()]
+    ref = large['rows']['pytorch']
+    onnx = large['rows']['onnxruntime-compact']
+    verdict = '**met**' if onnx['peak_rss_mb'] <= ref['peak_rss_mb'] and \
+        onnx['seconds'] <= ref['seconds'] else '**not met**'
+    lines = [f'### One {size} photo', '',
+             f'The demo model on `{large["image"]}` (the val image with the '
+             f'most objects) resized to {size}, each path in its own '
+             'process (`tools/analysis_tools/benchmark/large_image.py`): '
+             '`pytorch` is `EmbedMaskInferencer`, the others '
+             '`EmbedMaskONNXModel` on the graph exported with the compact '
+             'or dense mask outputs. Time: median of 2 calls after one; '
+             'peak RSS of the process (model load included).', '']
+    lines += _table(['path', 's / image', 'peak RSS MB',
+                     'RSS after load MB', 'detections'], rows)
+    lines += [f'Target: the ONNX Runtime path (compact) takes no more memory '
+              f'and time than PyTorch: {verdict}.', '']
+    rows = [[contract, ', '.join(f'{k} {v["shape"]}'
+                                 for k, v in info['outputs'].items()),
+             _f(info['total_bytes'] / 2**20, 1)]
+            for contract, info in large['output_bytes'].items()]
+    first = next(iter(large['output_bytes'].values()))
+    lines += [f'Graph outputs at {first["size"][0]}x{first["size"][1]} for '
+              f'{first["detections"]} detections (N):', '']
+    lines += _table(['mask outputs', 'outputs (float32 / int64)', 'MiB'],
+                    rows)
     return lines
