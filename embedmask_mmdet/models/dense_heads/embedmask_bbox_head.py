@@ -16,11 +16,12 @@ from torch import Tensor
 from ..utils import (Float32Conv2d, autocast_off, check_choice,
                      check_embed_dim, gt_mask_tensor, prior_margin_bias,
                      proposal_margin)
-from .embedmask_bbox_predict import EmbedMaskBboxPredictMixin, candidate_rule
+from ..utils.inference_settings import SCORE_TYPES  # noqa: F401
+from ..utils.inference_settings import BoxInferenceSettings, HeadSettings
+from .embedmask_bbox_predict import EmbedMaskBboxPredictMixin
 
 PROPOSAL_HEADS = ('conv1_conv3', 'conv3')
 MARGIN_TYPES = ('per_dim', 'scalar', 'fixed')
-SCORE_TYPES = ('cls_ctr', 'sqrt_cls_ctr')
 
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
@@ -168,7 +169,12 @@ class EmbedMaskBboxHead(EmbedMaskBboxPredictMixin, CondInstBboxHead):
             FCOS repo).
         start_level (int): First neck output the head reads: 1 when the neck
             also outputs P2 for the pixel branch ('p2p5_fusion').
+
+    ``test_cfg`` is read through ``self.settings``
+    (:class:`BoxInferenceSettings`, resolved and validated from it).
     """
+
+    settings = HeadSettings(BoxInferenceSettings)
 
     def __init__(self,
                  *args,
@@ -205,10 +211,7 @@ class EmbedMaskBboxHead(EmbedMaskBboxPredictMixin, CondInstBboxHead):
                              f'>= 0, got {start_level!r}')
         self.start_level = start_level
         super().__init__(*args, num_params=2 * embed_dim, **kwargs)
-        test_cfg = self.test_cfg or {}
-        _check_choice('test_cfg.score_type', test_cfg.get('score_type', 'cls_ctr'),
-                      SCORE_TYPES)
-        candidate_rule(test_cfg)  # raises on an unknown or mixed rule
+        self.settings  # resolved now: a bad test_cfg fails the build
 
     def _init_layers(self) -> None:
         # FCOS towers and predictors; CondInst's dynamic-parameter conv is

@@ -9,47 +9,23 @@ from mmdet.utils import InstanceList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..utils.inference_settings import (CANDIDATE_RULES,
+                                       BoxInferenceSettings, candidate_rule)
+
 __all__ = ['EmbedMaskBboxPredictMixin', 'CANDIDATE_RULES', 'candidate_rule']
-
-# which (location, class) pairs reach NMS, per level:
-#   'mmdet'     σ(cls) > score_thr, top nms_pre by σ(cls), boxes clipped
-#               to [0, w] x [0, h] (mmdet's CondInst path)
-#   'adelaidet' σ(cls) σ(ctr) > score_thr, top nms_pre by σ(cls) σ(ctr),
-#               boxes not clipped (AdelaiDet, THRESH_WITH_CTR=True)
-#   'fcos_repo' σ(cls) > score_thr, top nms_pre by σ(cls) σ(ctr), boxes
-#               clipped to [0, w - 1] x [0, h - 1] (the FCOS repo's
-#               inference.py and clip_to_image)
-# The NMS score is σ(cls) σ(ctr) (or its sqrt) in all three.
-CANDIDATE_RULES = ('mmdet', 'adelaidet', 'fcos_repo')
-
-
-def candidate_rule(test_cfg) -> str:
-    """The candidate rule of a test config: ``candidate_rule``, or from
-    AdelaiDet's ``thresh_with_ctr`` (True: 'adelaidet', else 'mmdet').
-
-    Raises:
-        ValueError: an unknown rule, or ``thresh_with_ctr`` set against it.
-    """
-    test_cfg = test_cfg or {}
-    with_ctr = test_cfg.get('thresh_with_ctr')
-    rule = test_cfg.get('candidate_rule')
-    if rule is None:
-        return 'adelaidet' if with_ctr else 'mmdet'
-    if rule not in CANDIDATE_RULES:
-        raise ValueError(f'test_cfg.candidate_rule must be one of '
-                         f'{CANDIDATE_RULES}, got {rule!r}')
-    if with_ctr is not None and bool(with_ctr) != (rule == 'adelaidet'):
-        raise ValueError(
-            f'test_cfg.thresh_with_ctr={with_ctr!r} contradicts '
-            f'candidate_rule={rule!r} (thresh_with_ctr=True is the '
-            "'adelaidet' rule); drop thresh_with_ctr")
-    return rule
 
 
 class EmbedMaskBboxPredictMixin:
     """The predict half of :class:`EmbedMaskBboxHead` (its own file to keep
     both readable); it uses the head's ``prior_generator``,
-    ``cls_out_channels``, ``test_cfg`` and ``_split_params``."""
+    ``cls_out_channels``, ``test_cfg`` / ``settings`` and
+    ``_split_params``."""
+
+    def _settings_for(self, cfg) -> BoxInferenceSettings:
+        """The resolved settings of ``cfg`` (None: the head's own)."""
+        if cfg is None or cfg is self.test_cfg:
+            return self.settings
+        return BoxInferenceSettings.from_cfg(cfg, type(self).__name__)
 
     def predict_by_feat(self, cls_scores: List[Tensor],
                         bbox_preds: List[Tensor],
@@ -85,9 +61,9 @@ class EmbedMaskBboxPredictMixin:
             ``labels``, ``embeddings``, ``margins``, ``points``,
             ``strides``.
         """
-        cfg = self.test_cfg if cfg is None else cfg
-        rule = candidate_rule(cfg)
-        if rule == 'mmdet':
+        settings = self._settings_for(cfg)
+        if settings.candidate_rule == 'mmdet':
+            # mmdet's code reads the ConfigDict (None: self.test_cfg)
             return super().predict_by_feat(
                 cls_scores, bbox_preds, score_factors, param_preds,
                 batch_img_metas=batch_img_metas, cfg=cfg, rescale=rescale,
@@ -95,13 +71,13 @@ class EmbedMaskBboxPredictMixin:
         priors = self.prior_generator.grid_priors(
             [c.shape[-2:] for c in cls_scores], dtype=bbox_preds[0].dtype,
             device=bbox_preds[0].device, with_stride=True)
-        return [self._finish(r, cfg) for r in self._select_by_cls_ctr(
+        return [self._finish(r, settings) for r in self._select_by_cls_ctr(
             [c.detach() for c in cls_scores],
             [b.detach() for b in bbox_preds],
             [f.detach() for f in score_factors],
             [p.detach() for p in param_preds],
-            [p[:, :2] for p in priors], [p[:, 2] for p in priors], cfg,
-            rule, batch_img_metas)]
+            [p[:, :2] for p in priors], [p[:, 2] for p in priors], settings,
+            batch_img_metas)]
 
     def _predict_by_feat_single(self, cls_score_list: List[Tensor],
                                 bbox_pred_list: List[Tensor],
@@ -119,17 +95,18 @@ class EmbedMaskBboxPredictMixin:
             cls_score_list, bbox_pred_list, score_factor_list,
             param_pred_list, mlvl_points, mlvl_strides, img_meta=img_meta,
             cfg=cfg, rescale=rescale, with_nms=with_nms)
-        return self._finish(results, cfg)
+        return self._finish(results, self._settings_for(cfg))
 
-    def _finish(self, results: InstanceData, cfg) -> InstanceData:
+    def _finish(self, results: InstanceData,
+                settings: BoxInferenceSettings) -> InstanceData:
         results = self._split_params(results)
-        if cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
+        if settings.score_type == 'sqrt_cls_ctr':
             results.scores = results.scores.sqrt()
         return results
 
     def _select_by_cls_ctr(self, cls_scores, bbox_preds, score_factors,
                            param_preds, mlvl_points, mlvl_strides,
-                           cfg, rule: str = 'adelaidet',
+                           settings: BoxInferenceSettings,
                            batch_img_metas: Optional[List[dict]] = None
                            ) -> InstanceList:
         """AdelaiDet ``FCOSOutputs.forward_for_single_feature_map`` and
@@ -139,8 +116,8 @@ class EmbedMaskBboxPredictMixin:
         per level for all images), 'fcos_repo' boxes clipped to
         [0, w - 1] x [0, h - 1] of ``img_shape``, then per image
         class-wise NMS and the top ``max_per_img``."""
-        nms_pre = cfg.get('nms_pre', -1)
-        score_thr = cfg.get('score_thr', 0.)
+        nms_pre, score_thr = settings.nms_pre, settings.score_thr
+        rule = settings.candidate_rule
         num_imgs = cls_scores[0].size(0)
         keys = ('scores', 'labels', 'points', 'strides', 'bboxes',
                 'param_preds', 'valid')
@@ -189,14 +166,14 @@ class EmbedMaskBboxPredictMixin:
                 boxes = results.bboxes
                 boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img_w - 1)
                 boxes[:, 1::2] = boxes[:, 1::2].clamp(0, img_h - 1)
-            if cfg.get('min_bbox_size', -1) >= 0:
+            if settings.min_bbox_size >= 0:
                 w = results.bboxes[:, 2] - results.bboxes[:, 0]
                 h = results.bboxes[:, 3] - results.bboxes[:, 1]
-                results = results[(w > cfg.min_bbox_size) &
-                                  (h > cfg.min_bbox_size)]
+                results = results[(w > settings.min_bbox_size) &
+                                  (h > settings.min_bbox_size)]
             if len(results):
                 _, keep = batched_nms(results.bboxes, results.scores,
-                                      results.labels, cfg.nms)
-                results = results[keep[:cfg.get('max_per_img', 100)]]
+                                      results.labels, settings.nms)
+                results = results[keep[:settings.max_per_img]]
             results_list.append(results)
         return results_list

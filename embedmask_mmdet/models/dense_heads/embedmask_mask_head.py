@@ -18,6 +18,8 @@ from torch import Tensor
 
 from ..utils import (check_choice, check_embed_dim, location_map,
                      mask_logit, mask_probability, spatial_embedding)
+from ..utils.inference_settings import MASK_RESAMPLES  # noqa: F401
+from ..utils.inference_settings import HeadSettings, MaskInferenceSettings
 from ..utils.mask_targets import (ALIGNMENTS, cell_targets, gt_mask_tensor,
                                   pad_gt_masks, upsample_prob)
 from .embedmask_mask_predict import EmbedMaskMaskPredictMixin
@@ -30,10 +32,6 @@ SAMPLINGS = ('all_positives', 'best_iou_per_gt')
 # mask loss normalisation: mean over the batch's instances (AdelaiDet), or
 # mean per image, summed, / images incl. empty ones (FCOS repo)
 LOSS_MASK_NORMS = ('instances', 'images')
-# how masks reach the output resolution: resample p (AdelaiDet's way),
-# resample the embeddings and evaluate p at every output pixel, or resample
-# log p inside each box's window of cells (the FCOS repo's way)
-MASK_RESAMPLES = ('prob', 'embedding', 'log_prob')
 
 
 @MODELS.register_module()
@@ -77,7 +75,12 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         semantic_level (int, optional): Neck output the semantic branch reads;
             None: the pixel branch's first level. Its stride is taken as
             the pixel stride x 2^(levels above that one).
+
+    ``test_cfg`` is read through ``self.settings``
+    (:class:`MaskInferenceSettings`, resolved and validated from it).
     """
+
+    settings = HeadSettings(MaskInferenceSettings)
 
     def __init__(self,
                  num_classes: int,
@@ -122,15 +125,16 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         self.max_masks_to_train = max_masks_to_train
         self.prob_eps = prob_eps
         self.train_cfg = train_cfg
-        self.test_cfg = self._check_test_cfg(test_cfg)
-        if alignment == 'adelaidet' and (test_cfg or {}).get(
-                'mask_resample', 'prob') != 'prob':
+        self.test_cfg = test_cfg
+        # resolved now: a bad test_cfg fails the build
+        resample = self.settings.mask_resample
+        if alignment == 'adelaidet' and resample != 'prob':
             # the authors' placement resamples p; ignoring the key would
             # hide that the embedding path is not used
             raise ValueError(
                 "EmbedMaskMaskHead: alignment='adelaidet' places p with "
                 "aligned_bilinear and needs test_cfg.mask_resample='prob' "
-                f"(got {test_cfg.get('mask_resample')!r}); use "
+                f"(got {resample!r}); use "
                 "alignment='centre' for the embedding path")
         if learnable_coord_scale:
             self.coord_scale = nn.Parameter(torch.ones(()))
@@ -154,17 +158,6 @@ class EmbedMaskMaskHead(EmbedMaskMaskPredictMixin, BaseMaskHead):
         if loss_semantic is not None:
             self.loss_semantic = MODELS.build(loss_semantic)
             self._init_semantic_branch(semantic_channels)
-
-    @staticmethod
-    def _check_test_cfg(test_cfg: OptConfigType) -> OptConfigType:
-        if test_cfg is None:
-            return test_cfg
-        thr = test_cfg.get('mask_thr', 0.5)
-        if not 0 < thr < 1:
-            raise ValueError(f'test_cfg.mask_thr must be in (0, 1), got {thr!r}')
-        check_choice('EmbedMaskMaskHead', 'test_cfg.mask_resample',
-                     test_cfg.get('mask_resample', 'prob'), MASK_RESAMPLES)
-        return test_cfg
 
     def _init_pixel_branch(self, pixel_branch: ConfigType) -> None:
         cfg = dict(pixel_branch)

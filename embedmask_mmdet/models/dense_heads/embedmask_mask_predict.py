@@ -13,8 +13,9 @@ from torch import Tensor
 from ..utils import (location_map, mask_log_probability, mask_probability,
                      spatial_embedding)
 from ..utils.mask_targets import upsample_prob
-from ..utils.mask_paste import (MAX_PASTE_ELEMENTS, crop_masks_to_boxes,
-                                paste_masks, paste_masks_aligned_bilinear,
+from ..utils.inference_settings import MaskInferenceSettings
+from ..utils.mask_paste import (chunk_size, crop_masks_to_boxes, paste_masks,
+                                paste_masks_aligned_bilinear,
                                 resample_aligned_bilinear, resample_to_output,
                                 window_log_prob)
 
@@ -24,8 +25,9 @@ __all__ = ['EmbedMaskMaskPredictMixin']
 class EmbedMaskMaskPredictMixin:
     """The predict half of :class:`EmbedMaskMaskHead` (its own file to keep
     both readable); it uses the head's ``alignment``, ``mask_out_stride``,
-    ``prob_stride``, ``coord_scale``, ``coord_norm``, ``test_cfg`` and
-    :meth:`proposal_embedding` / :meth:`mask_prob_at_out_stride`."""
+    ``prob_stride``, ``coord_scale``, ``coord_norm``, ``settings`` (its
+    ``test_cfg`` resolved) and :meth:`proposal_embedding` /
+    :meth:`mask_prob_at_out_stride`."""
 
     def predict_by_feat(self, pixel_embeds: Tensor, sem_logits: Optional[Tensor],
                         results_list: InstanceList,
@@ -70,7 +72,7 @@ class EmbedMaskMaskPredictMixin:
             empty ``masks`` of the output size.
         """
         assert len(pixel_embeds) == len(results_list) == len(batch_img_metas)
-        cfg = self.test_cfg or {}
+        settings = self.settings
         outputs = [None] * len(results_list)
         # images of one geometry (most batches: all of them) share every op
         groups = {}
@@ -91,7 +93,7 @@ class EmbedMaskMaskPredictMixin:
         for inds in groups.values():
             masks = self._predict_group(
                 pixel_embeds[inds], [results_list[i] for i in inds],
-                batch_img_metas[inds[0]], rescale, cfg)
+                batch_img_metas[inds[0]], rescale, settings)
             for i, image_masks in zip(inds, masks):
                 results = results_list[i].clone()
                 results.bboxes = self.rescale_boxes(
@@ -128,8 +130,8 @@ class EmbedMaskMaskPredictMixin:
 
     def crop_padding_px(self, img_meta: dict, rescale: bool) -> float:
         """``test_cfg.crop_padding`` x ``mask_out_stride``, in output pixels."""
-        return (self.test_cfg or {}).get('crop_padding', 2) * \
-            self.mask_out_stride * self.output_geometry(img_meta, rescale)[2]
+        return self.settings.crop_padding * self.mask_out_stride * \
+            self.output_geometry(img_meta, rescale)[2]
 
     def mask_probs_at_output(self, pixel_embed: Tensor, results: InstanceData,
                              img_meta: dict, rescale: bool = True) -> Tensor:
@@ -160,7 +162,7 @@ class EmbedMaskMaskPredictMixin:
                 self.mask_prob_at_out_stride(pixel_embed, results),
                 self.mask_out_stride, img_shape, out_shape)
         proposal_embed = self.proposal_embedding(results)
-        resample = (self.test_cfg or {}).get('mask_resample', 'prob')
+        resample = self.settings.mask_resample
         if resample == 'prob':
             prob = mask_probability(pixel_embed, proposal_embed,
                                     results.margins)
@@ -176,11 +178,11 @@ class EmbedMaskMaskPredictMixin:
 
     def window(self, log_prob: Tensor, bboxes: Tensor) -> Tensor:
         """log p (N, h, w) at ``prob_stride`` kept inside each detection's
-        window of cells (``test_cfg.window_padding``, default 2), the
-        FCOS repo's -10 outside (:func:`window_log_prob`); ``bboxes``
-        (N, 4) in input pixels."""
+        window of cells (``test_cfg.window_padding``), the FCOS repo's -10
+        outside (:func:`window_log_prob`); ``bboxes`` (N, 4) in input
+        pixels."""
         return window_log_prob(log_prob, bboxes, self.prob_stride,
-                               (self.test_cfg or {}).get('window_padding', 2))
+                               self.settings.window_padding)
 
     def padded_proposals(self, results_list: InstanceList
                          ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -199,29 +201,29 @@ class EmbedMaskMaskPredictMixin:
         return q, s, valid
 
     def _predict_group(self, pixel_embeds: Tensor, results_list: InstanceList,
-                       img_meta: dict, rescale: bool, cfg) -> List[Tensor]:
+                       img_meta: dict, rescale: bool,
+                       settings: MaskInferenceSettings) -> List[Tensor]:
         """Masks (N_b, out_h, out_w) bool of images sharing ``img_meta``'s
         geometry, every step batched over the images and detections."""
         img_shape, out_shape, _ = self.output_geometry(img_meta, rescale)
         counts = [len(r) for r in results_list]
         boxes = torch.cat([self.rescale_boxes(r.bboxes, img_meta, rescale)
                            for r in results_list]) \
-            if cfg.get('crop_to_box', False) else None
+            if settings.crop_to_box else None
         box_padding = self.crop_padding_px(img_meta, rescale)
-        threshold = cfg.get('mask_thr', 0.5)
-        max_elements = cfg.get('max_paste_elements', MAX_PASTE_ELEMENTS)
+        threshold = settings.mask_thr
+        max_elements = settings.max_paste_elements
         q, s, valid = self.padded_proposals(results_list)
-        if cfg.get('mask_resample', 'prob') == 'log_prob':
+        if settings.mask_resample == 'log_prob':
             log_prob = self.window(
                 mask_log_probability(pixel_embeds, q, s)[valid],
                 torch.cat([r.bboxes for r in results_list]))
             masks = paste_masks(
                 log_prob, self.prob_stride, img_shape, out_shape,
                 math.log(threshold), boxes, box_padding, max_elements,
-                regions=cfg.get('paste_regions'))
+                regions=settings.paste_regions)
             return list(masks.split(counts))
-        if self.alignment == 'adelaidet' or \
-                cfg.get('mask_resample', 'prob') == 'prob':
+        if self.alignment == 'adelaidet' or settings.mask_resample == 'prob':
             prob = mask_probability(pixel_embeds, q, s)[valid]
             if self.alignment == 'adelaidet':
                 prob = upsample_prob(
@@ -234,7 +236,7 @@ class EmbedMaskMaskPredictMixin:
                 masks = paste_masks(
                     prob, self.prob_stride, img_shape, out_shape, threshold,
                     boxes, box_padding, max_elements,
-                    regions=cfg.get('paste_regions'))
+                    regions=settings.paste_regions)
             return list(masks.split(counts))
         # p at every output pixel from embeddings resampled there, with the
         # pixel's exact coordinates: sub-cell mask boundaries
@@ -245,16 +247,15 @@ class EmbedMaskMaskPredictMixin:
         rows = torch.full((batch, num), -1, dtype=torch.long,
                           device=masks.device)
         rows[valid] = torch.arange(len(masks), device=masks.device)
-        chunk = max(1, max_elements // max(batch * out_shape[0] *
-                                           out_shape[1], 1))
+        chunk = chunk_size(max_elements,
+                           batch * out_shape[0] * out_shape[1])
         for i in range(0, num, chunk):
             prob = mask_probability(embeds, q[:, i:i + chunk],
                                     s[:, i:i + chunk])
             real = valid[:, i:i + chunk]
             masks[rows[:, i:i + chunk][real]] = prob[real] > threshold
         if boxes is not None:
-            chunk = max(1, max_elements // max(out_shape[0] * out_shape[1],
-                                               1))
+            chunk = chunk_size(max_elements, out_shape[0] * out_shape[1])
             for i in range(0, len(masks), chunk):
                 crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
                                     box_padding)

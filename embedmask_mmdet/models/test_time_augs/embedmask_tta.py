@@ -10,7 +10,7 @@ from mmengine.model import BaseTTAModel
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from ..utils.mask_paste import MAX_PASTE_ELEMENTS, crop_masks_to_boxes
+from ..utils.mask_paste import chunk_size, crop_masks_to_boxes
 
 __all__ = ['EmbedMaskTTAModel']
 
@@ -71,11 +71,12 @@ class EmbedMaskTTAModel(BaseTTAModel):
                     f'EmbedMaskTTAModel: module {type(self.module).__name__} '
                     f'has no {head}.{method}; it wraps an EmbedMask model '
                     "(use mmdet's DetTTAModel for box-only detectors)")
-        box_cfg = self.module.bbox_head.test_cfg or {}
+        box = self.module.bbox_head.settings
         cfg = dict(tta_cfg or {})
-        cfg.setdefault('nms', box_cfg.get('nms', dict(type='nms',
-                                                      iou_threshold=0.5)))
-        cfg.setdefault('max_per_img', box_cfg.get('max_per_img', 100))
+        # the box head's nms when its test_cfg has one
+        cfg.setdefault('nms', box.nms if box.nms is not None else dict(
+            type='nms', iou_threshold=0.5))
+        cfg.setdefault('max_per_img', box.max_per_img)
         cfg.setdefault('match_iou', cfg['nms'].get('iou_threshold', 0.5))
         if not 0 < cfg['match_iou'] <= 1:
             raise ValueError('EmbedMaskTTAModel: tta_cfg.match_iou must be in '
@@ -214,14 +215,14 @@ class EmbedMaskTTAModel(BaseTTAModel):
         over views of the matches' p (flipped back), computed in chunks of
         kept detections (``test_cfg.max_paste_elements`` floats)."""
         head = self.module.mask_head
-        cfg = head.test_cfg or {}
+        settings = head.settings
         ori_shape = views[0].metainfo['ori_shape'][:2]
         num = len(keep)
         masks = bboxes.new_zeros((num, *ori_shape), dtype=torch.bool)
         offsets = torch.cumsum(torch.tensor(
             [0] + [len(v.pred_instances) for v in views[:-1]]), 0).tolist()
-        chunk = max(1, cfg.get('max_paste_elements', MAX_PASTE_ELEMENTS) //
-                    max(ori_shape[0] * ori_shape[1], 1))
+        chunk = chunk_size(settings.max_paste_elements,
+                           ori_shape[0] * ori_shape[1])
         for start in range(0, num, chunk):
             sl = slice(start, start + chunk)
             total = bboxes.new_zeros((len(matches[sl]), *ori_shape))
@@ -238,9 +239,9 @@ class EmbedMaskTTAModel(BaseTTAModel):
                         FLIP_DIMS[view.metainfo['flip_direction']])
                 total[rows] += prob
             count = (matches[sl] >= 0).sum(dim=1).to(total.dtype)
-            torch.gt(total / count[:, None, None], cfg.get('mask_thr', 0.5),
+            torch.gt(total / count[:, None, None], settings.mask_thr,
                      out=masks[sl])
-            if cfg.get('crop_to_box', False):
+            if settings.crop_to_box:
                 # the padding of each kept detection's own view
                 for v, view in enumerate(views):
                     own = (view_of[keep[sl]] == v).nonzero()[:, 0]

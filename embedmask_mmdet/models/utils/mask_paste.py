@@ -19,6 +19,12 @@ MAX_PASTE_ELEMENTS = 2**21
 MAX_REGION_FRACTION = 0.3
 
 
+def chunk_size(max_elements: int, per_item: int) -> int:
+    """Items per chunk so that a chunk holds at most ``max_elements``
+    floats, ``per_item`` each (at least one item per chunk)."""
+    return max(1, max_elements // max(per_item, 1))
+
+
 def _cells_and_scale(stride: int, img_shape: Tuple[int, int],
                      out_shape: Tuple[int, int], h: int, w: int):
     # rows/cols of cells that cover the image, one more for the bilinear
@@ -229,7 +235,7 @@ def _paste_regions(cells: Tensor, threshold: float, taps_y, taps_x,
         rect = rects[group]
         area = int((rect[:, 1] - rect[:, 0]).max()) * \
             int((rect[:, 3] - rect[:, 2]).max())
-        step = max(1, max_elements // max(area, 1))
+        step = chunk_size(max_elements, area)
         for chunk in group.split(step):
             _paste_group(cells, threshold, taps_y, taps_x, chunk,
                          rects[chunk], masks)
@@ -300,7 +306,7 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
         # every element is written by the loop below: no zero fill needed
         masks = prob.new_empty((num, out_h, out_w), dtype=torch.bool)
     inds = full.nonzero()[:, 0].tolist()
-    chunk = max(1, max_elements // max(out_h * out_w, 1))
+    chunk = chunk_size(max_elements, out_h * out_w)
     for i in range(0, len(inds), chunk):
         sel = inds[i:i + chunk]
         sl = slice(sel[0], sel[-1] + 1)
@@ -424,7 +430,7 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
         _paste_aligned_spans(prob.float(), stride, img_shape, out_shape,
                              threshold, masks)
     if boxes is not None:
-        chunk = max(1, max_elements // max(out_shape[0] * out_shape[1], 1))
+        chunk = chunk_size(max_elements, out_shape[0] * out_shape[1])
         for i in range(0, num, chunk):
             crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
                                 box_padding)
