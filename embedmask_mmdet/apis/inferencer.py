@@ -1,13 +1,18 @@
-"""mmdet's ``DetInferencer`` with the fast CPU inference switches and the
-EmbedMask model names of ``model-index.yml``."""
+"""mmdet's ``DetInferencer`` with the fast CPU inference switches, the
+EmbedMask model names of ``model-index.yml`` and polygon masks in its
+predictions."""
 import os.path as osp
 from contextlib import nullcontext
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+import mmengine
 import torch
 from mmdet.apis import DetInferencer
+from mmdet.structures import DetDataSample
 from mmengine.config import Config
 from mmengine.fileio import load
+
+from ..utils.result_formats import check_mask_format, mask_to_polygons
 
 
 def model_index_file() -> Optional[str]:
@@ -65,10 +70,22 @@ class EmbedMaskInferencer(DetInferencer):
             docs/deployment.md).
         channels_last (bool): NHWC images and conv weights (EmbedMask
             models); the same results, faster oneDNN convolutions.
+        mask_format (str): How ``masks`` are given in the prediction dicts
+            (``return_datasamples=False``) and in the json files written
+            with ``out_dir=`` and ``no_save_pred=False``: 'rle' (mmdet's
+            own: pycocotools RLE dicts, counts a str) or 'polygon' (per
+            mask, a list of flat [x1, y1, x2, y2, ...] lists on the pixel
+            edges; holes filled, see
+            :func:`embedmask_mmdet.utils.mask_to_polygons`). A call can
+            override it: ``inferencer(img, mask_format='polygon')``.
     """
 
+    postprocess_kwargs = DetInferencer.postprocess_kwargs | {'mask_format'}
+
     def __init__(self, *args, amp: bool = False, channels_last: bool = False,
-                 **kwargs) -> None:
+                 mask_format: str = 'rle', **kwargs) -> None:
+        self.mask_format = check_mask_format(mask_format)
+        self._call_mask_format = None
         super().__init__(*args, **kwargs)
         self.amp = amp
         if channels_last:
@@ -89,3 +106,50 @@ class EmbedMaskInferencer(DetInferencer):
             if self.amp else nullcontext()
         with context:
             return super().forward(inputs, **kwargs)
+
+    def postprocess(self, preds, visualization=None,
+                    return_datasamples: bool = False,
+                    print_result: bool = False, no_save_pred: bool = False,
+                    pred_out_dir: str = '',
+                    mask_format: Optional[str] = None, **kwargs) -> Dict:
+        """``DetInferencer.postprocess`` with ``mask_format`` ('rle' or
+        'polygon'; None: the one given at construction)."""
+        self._call_mask_format = check_mask_format(
+            mask_format or self.mask_format)
+        try:
+            return super().postprocess(
+                preds, visualization, return_datasamples=return_datasamples,
+                print_result=print_result, no_save_pred=no_save_pred,
+                pred_out_dir=pred_out_dir, **kwargs)
+        finally:
+            self._call_mask_format = None
+
+    def pred2dict(self, data_sample: DetDataSample,
+                  pred_out_dir: str = '') -> Dict:
+        """``DetInferencer.pred2dict``, with ``masks`` as polygons when the
+        mask format is 'polygon' (then also ``dropped_contours``: polygon
+        contours dropped for having < 3 points). The json goes where
+        mmdet writes it: ``pred_out_dir/preds/<image stem>.json``, or
+        ``<n>.json`` for an array input."""
+        mask_format = self._call_mask_format or self.mask_format
+        pred = data_sample.get('pred_instances')
+        masks = pred.get('masks') if pred is not None else None
+        if mask_format == 'rle' or masks is None:
+            return super().pred2dict(data_sample, pred_out_dir)
+        result = super().pred2dict(data_sample, '')
+        polygons, dropped = [], 0
+        for mask in masks:
+            parts, n = mask_to_polygons(mask)
+            polygons.append(parts)
+            dropped += n
+        result['masks'] = polygons
+        result['dropped_contours'] = dropped
+        if pred_out_dir != '':
+            if data_sample.get('img_path'):
+                stem = osp.splitext(osp.basename(data_sample.img_path))[0]
+            else:
+                stem = str(self.num_predicted_imgs)
+                self.num_predicted_imgs += 1
+            mmengine.dump(result,
+                          osp.join(pred_out_dir, 'preds', stem + '.json'))
+        return result
