@@ -16,6 +16,12 @@ get EmbedMaskTTAModel (masks merged too) and other models mmdet's
 DetTTAModel, over a horizontal flip of the test pipeline.
 
 The metrics are also written to WORK_DIR/test_metrics.json.
+
+COCO results files without evaluation (test-dev), as mmdet's tools/test.py:
+``--cfg-options test_evaluator.format_only=True
+test_evaluator.outfile_prefix=PREFIX`` (and the test dataloader and
+evaluator pointed at the image-info file) writes PREFIX.bbox.json and
+PREFIX.segm.json; nothing is evaluated and no test_metrics.json is written.
 """
 import argparse
 import json
@@ -64,6 +70,19 @@ def parse_args(argv=None):
     return args
 
 
+def format_only_prefixes(cfg) -> list:
+    """The ``outfile_prefix`` of every test evaluator metric set to
+    ``format_only`` (mmdet's way to write COCO results files for test-dev
+    without evaluating: --cfg-options test_evaluator.format_only=True
+    test_evaluator.outfile_prefix=PREFIX)."""
+    evaluator = cfg.get('test_evaluator') or {}
+    metrics = evaluator.get('metrics', evaluator) \
+        if isinstance(evaluator, dict) else evaluator
+    metrics = metrics if isinstance(metrics, (list, tuple)) else [metrics]
+    return [m['outfile_prefix'] for m in metrics
+            if m.get('format_only') and m.get('outfile_prefix')]
+
+
 def main(argv=None):
     args = parse_args(argv)
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
@@ -92,6 +111,16 @@ def main(argv=None):
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
+    prefixes = format_only_prefixes(cfg)
+    if prefixes and not metrics:
+        if is_main_process():
+            for prefix in prefixes:
+                files = [f'{prefix}.{kind}.json' for kind in ('bbox', 'segm')
+                         if osp.isfile(f'{prefix}.{kind}.json')]
+                print('test_evaluator.format_only: nothing evaluated; '
+                      'results written to ' + ', '.join(files))
+        finish_distributed()
+        return
     if is_main_process():
         path = osp.join(cfg.work_dir, 'test_metrics.json')
         with open(path, 'w') as f:
