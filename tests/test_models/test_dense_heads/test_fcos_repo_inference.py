@@ -335,7 +335,7 @@ def test_v3_candidates_and_masks_in_export_graph():
     with torch.no_grad():
         (pred, ) = model.predict(image, [DetDataSample(metainfo=meta)],
                                  rescale=False)
-        dets, labels, masks = EmbedMaskGraph(model, 20)(
+        dets, labels, masks = EmbedMaskGraph(model, 20, masks='dense')(
             image, torch.tensor([180, 240]))
     inst = pred.pred_instances
     assert len(inst) == len(dets) > 0
