@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from mmdet.models.utils.misc import aligned_bilinear
 from torch import Tensor
 
-from ..models.dense_heads.embedmask_bbox_predict import candidate_rule
 from ..models.utils import (location_map, mask_log_probability,
                             mask_probability, spatial_embedding)
 from .nms import multiclass_nms
@@ -79,7 +78,6 @@ class EmbedMaskGraph(nn.Module):
         self.detector = detector
         self.bbox_head = detector.bbox_head
         self.mask_head = detector.mask_head
-        self.cfg = self.bbox_head.test_cfg
         self.max_dets = int(max_dets)
         self.masks = masks
         self.eval()
@@ -93,7 +91,7 @@ class EmbedMaskGraph(nn.Module):
             cls_scores, bbox_preds, centernesses, param_preds, img_shape)
         keep = self.nms(boxes, scores, labels)
         scores = scores[keep]
-        if self.cfg.get('score_type', 'cls_ctr') == 'sqrt_cls_ctr':
+        if self.bbox_head.settings.score_type == 'sqrt_cls_ctr':
             scores = scores.sqrt()
         dets = torch.cat([boxes[keep], scores[:, None]], dim=1)
         embed_dim = self.bbox_head.embed_dim
@@ -118,10 +116,9 @@ class EmbedMaskGraph(nn.Module):
         as the NMS score. Rejected pairs keep a slot with score
         ``REJECTED``. Returns boxes (K, 4), scores (K,), labels (K,),
         params (K, 2D) and FCOS points (K, 2)."""
-        cfg = self.cfg
-        nms_pre = cfg.get('nms_pre', -1)
-        score_thr = cfg.get('score_thr', 0.)
-        rule = candidate_rule(cfg)
+        settings = self.bbox_head.settings
+        nms_pre, score_thr = settings.nms_pre, settings.score_thr
+        rule = settings.candidate_rule
         num_classes = self.bbox_head.cls_out_channels
         sizes = [c.shape[-2:] for c in cls_scores]
         points = self.bbox_head.prior_generator.grid_priors(
@@ -163,23 +160,24 @@ class EmbedMaskGraph(nn.Module):
             if rule == 'fcos_repo':
                 limit = limit - 1
             boxes = torch.minimum(boxes.clamp(min=0), limit)
-        if cfg.get('min_bbox_size', -1) >= 0:
+        if settings.min_bbox_size >= 0:
             wh = boxes[:, 2:] - boxes[:, :2]
-            big = (wh > cfg.min_bbox_size).all(dim=1)
+            big = (wh > settings.min_bbox_size).all(dim=1)
             scores = torch.where(big, scores, REJECTED)
         return boxes, scores, labels, params, points
 
     def nms(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> Tensor:
         """Indices of the candidates class-wise NMS keeps, the top
         ``max_per_img`` (at most ``max_dets``) by descending score."""
-        cfg = self.cfg
+        settings = self.bbox_head.settings
         classes = torch.arange(self.bbox_head.cls_out_channels,
                                device=labels.device)
         class_scores = torch.where(labels[None] == classes[:, None],
                                    scores[None], REJECTED)
-        max_dets = min(self.max_dets, cfg.get('max_per_img', 100))
+        max_dets = min(self.max_dets, settings.max_per_img)
         kept = multiclass_nms(boxes[None], class_scores[None], max_dets,
-                              float(cfg.nms.iou_threshold), REJECTED / 2)
+                              float(settings.nms['iou_threshold']),
+                              REJECTED / 2)
         idx = kept[:, 2]
         order = scores[idx].argsort(descending=True)
         return idx[order[:max_dets]]
@@ -195,7 +193,7 @@ class EmbedMaskGraph(nn.Module):
                                     head.mask_out_stride).squeeze(0)
         proposal_embed = head.proposal_embedding(instances)
         stride = head.prob_stride
-        resample = (head.test_cfg or {}).get('mask_resample', 'prob')
+        resample = head.settings.mask_resample
         if resample == 'prob':
             return _upsample(mask_probability(
                 pixel_embed, proposal_embed, instances.margins), stride)

@@ -27,6 +27,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.structures import InstanceData
 
+from ..models.utils.inference_settings import MaskInferenceSettings
 from ..utils.image_io import UnreadableImage, read_image
 from .export import META_CLASSES, META_CONFIG
 from .graph import MASK_CONTRACTS
@@ -189,14 +190,17 @@ class EmbedMaskONNXModel:
                 model_file, precision, num_threads)
         self.mask_contract = _mask_contract(self.session.output_names,
                                             model_file)
-        test_cfg = config.model.get('test_cfg') or {}
         # the compact contract's masks: the mask head's own predict code
         self.mask_head = _mask_head(config) \
             if self.mask_contract == 'compact' else None
+        # the dense contract's NumPy step: the same settings, resolved from
+        # the config's test_cfg as the mask head resolves them
+        settings = self.mask_head.settings if self.mask_head is not None \
+            else MaskInferenceSettings.from_cfg(config.model.get('test_cfg'))
         self.mask_cfg = dict(
-            mask_thr=test_cfg.get('mask_thr', 0.5),
-            crop_to_box=test_cfg.get('crop_to_box', False),
-            crop_padding=test_cfg.get('crop_padding', 2),
+            mask_thr=settings.mask_thr,
+            crop_to_box=settings.crop_to_box,
+            crop_padding=settings.crop_padding,
             mask_out_stride=config.model.mask_head.get('mask_out_stride', 4))
         self.data_preprocessor = MODELS.build(config.model.data_preprocessor)
         self.pipeline = self._inference_pipeline(config)

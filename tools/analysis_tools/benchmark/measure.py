@@ -233,10 +233,9 @@ def postproc_sweep(model, size: Tuple[int, int], dets: Sequence[int],
     threshold) for each number of detections, and its two parts."""
     from embedmask_mmdet.models.utils import (mask_probability,
                                               prior_margin_bias)
-    from embedmask_mmdet.models.utils.mask_paste import (MAX_PASTE_ELEMENTS,
-                                                         paste_masks)
+    from embedmask_mmdet.models.utils.mask_paste import paste_masks
     head = model.mask_head
-    cfg = head.test_cfg or {}
+    settings = head.settings
     with torch.no_grad():
         batch = model.data_preprocessor(make_batch(size), False)
         pixel_embeds = head(model.extract_feat(batch['inputs']))[0]
@@ -265,9 +264,8 @@ def postproc_sweep(model, size: Tuple[int, int], dets: Sequence[int],
             with torch.no_grad():
                 return paste_masks(
                     probs[n], head.prob_stride, size, size,
-                    threshold=cfg.get('mask_thr', 0.5),
-                    max_elements=cfg.get('max_paste_elements',
-                                         MAX_PASTE_ELEMENTS))
+                    threshold=settings.mask_thr,
+                    max_elements=settings.max_paste_elements)
 
         fns[('total', n)] = total
         fns[('mask_probability', n)] = prob
