@@ -266,8 +266,10 @@ class EmbedMaskONNXModel:
         ``labels`` and boolean ``masks`` at ``ori_shape``, by
         ``EmbedMaskMaskHead.predict_by_feat`` (rescale=True), the code
         ``EmbedMask.predict`` runs."""
+        # copies (small: no N x H x W map): OpenVINO's outputs are views of
+        # buffers its next inference overwrites, and the results outlive it
         dets, labels, embeddings, margins, points, pixel_embeds = (
-            torch.from_numpy(np.asarray(o)) for o in outputs)
+            torch.from_numpy(np.array(o)) for o in outputs)
         results = InstanceData(
             bboxes=dets[:, :4].float(), scores=dets[:, 4].float(),
             labels=labels.long(), embeddings=embeddings.float(),

@@ -167,11 +167,14 @@ def assert_parity(ref, got, what: str, min_iou: float = 0.99):
 def check_runtime(cfg, model, onnx_file, backend, batches, min_iou=0.99):
     """Parity of every val image; returns (the runtime, the mask IoUs)."""
     runtime = EmbedMaskONNXModel(onnx_file, backend, config=cfg)
+    # every image's results first, compared after: results must not share
+    # a backend buffer that the next inference overwrites (as CocoMetric
+    # keeps them until the end)
+    gots = [runtime.predict_batch(copy.deepcopy(data)) for data in batches]
     ious = []
-    for data in batches:
+    for data, got in zip(batches, gots):
         with torch.no_grad():
             ref = model.test_step(copy.deepcopy(data))
-        got = runtime.predict_batch(copy.deepcopy(data))
         for r, g in zip(ref, got):
             ious += assert_parity(r, g, f'{backend} {r.img_path}', min_iou)
     assert len(ious) >= 10, f'only {len(ious)} detections compared'
