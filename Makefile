@@ -8,19 +8,25 @@ DATA ?= data/synthetic
 # e.g. DEMO_TRAIN_ARGS=--amp (bf16 autocast on a CPU) DEMO_DIR=work_dirs/demo_amp
 DEMO_TRAIN_ARGS ?=
 
-.PHONY: install test test-fast demo data bench clean
+.PHONY: install test test-fast test-bench demo data bench clean
 
 install:
 	VENV=$(VENV) TORCH_SPEC='$(TORCH_SPEC)' bash tools/install.sh
 
-# pytest's exit 5 (no test collected) is a failure, like every non-zero code
+# CI: every test, with the 15 slowest listed (docs/getting_started.md has
+# the suite's time). pytest's exit 5 (no test collected) is a failure, like
+# every non-zero code
 test: install
-	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
-# the development loop: everything but the tests marked slow (subprocess,
-# end-to-end, training, export); make test (CI) runs those too
+# the development loop (under 2 minutes): everything but the tests marked
+# slow (subprocess, end-to-end, training, export, the bench smoke tests)
 test-fast: install
 	$(PY) -m pytest tests -q -p no:cacheprovider -m 'not slow' $(PYTEST_ARGS)
+
+# the benchmark study's smoke tests only (marker bench)
+test-bench: install
+	$(PY) -m pytest tests -q -p no:cacheprovider -m bench $(PYTEST_ARGS)
 
 data: install
 	@if [ -f $(DATA)/annotations/instances_val.json ]; then \

@@ -6,7 +6,6 @@ import os.path as osp
 import pytest
 import torch
 from mmdet.registry import MODELS
-from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.logging import MMLogger
@@ -15,9 +14,7 @@ from embedmask_mmdet.datasets import generate_synthetic_coco
 
 pytestmark = pytest.mark.slow  # make test-fast skips it
 
-torch.set_num_threads(1)
 MMLogger.get_current_instance().setLevel('WARNING')
-register_all_modules(init_default_scope=True)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 LITE = osp.join(ROOT, 'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py')

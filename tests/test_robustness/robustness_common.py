@@ -4,14 +4,10 @@ import json
 import os.path as osp
 
 import pytest
-import torch
-from mmdet.utils import register_all_modules
 
 import embedmask_mmdet  # noqa: F401
 from embedmask_mmdet.datasets import SYNTHETIC_CLASSES, RobustCocoDataset
 
-torch.set_num_threads(1)
-register_all_modules(init_default_scope=True)
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword")
 

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from pycocotools.coco import COCO
 
@@ -18,8 +17,6 @@ import embedmask_mmdet  # noqa: F401
 from embedmask_mmdet.datasets import (SYNTHETIC_CLASSES, RobustLoadImageFromFile)
 from embedmask_mmdet.datasets.transforms import jpeg_truncated
 
-torch.set_num_threads(1)
-register_all_modules(init_default_scope=True)
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword")
 

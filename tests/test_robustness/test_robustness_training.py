@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from mmdet.registry import DATASETS, MODELS
-from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.hooks import Hook
@@ -26,8 +25,6 @@ from embedmask_mmdet.engine import (AtomicCheckpointHook, checkpoint_problem,
                                     find_resume_checkpoint)
 from robustness_helpers import RecordStartIterHook, toy_runner
 
-torch.set_num_threads(1)
-register_all_modules(init_default_scope=True)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword")]
 

@@ -19,7 +19,7 @@ from analysis_tools.benchmark.step_profile import (op_kind, section_lines,
                                                     step_flops,
                                                     step_time_split)
 
-pytestmark = pytest.mark.slow  # make test-fast skips it
+pytestmark = [pytest.mark.slow, pytest.mark.bench]  # make test-fast skips it
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ACC_MODELS = ('embedmask', 'condinst', 'embedmask_semantic')

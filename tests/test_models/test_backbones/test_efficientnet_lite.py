@@ -17,7 +17,6 @@ PRETRAINED = dict(type='Pretrained', checkpoint=PACKAGED)
 # Preprocessing the weights want (TF EfficientNet-Lite): RGB, (x-127)/128.
 MEAN, STD = 127.0, 128.0
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,6 @@ from mmengine.structures import InstanceData
 
 import embedmask_mmdet  # noqa: F401  (registers the heads and the loss)
 
-torch.set_num_threads(1)  # 2 threads spin-wait on a loaded 2-core box
 # init_weights() reports every parameter at INFO level
 MMLogger.get_current_instance().setLevel('WARNING')
 

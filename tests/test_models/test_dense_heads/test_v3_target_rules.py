@@ -14,7 +14,6 @@ from mmengine.structures import InstanceData
 
 import embedmask_mmdet  # noqa: F401  (registers the heads)
 
-torch.set_num_threads(1)
 
 NUM_CLASSES = 3
 STRIDES = [8, 16, 32, 64, 128]

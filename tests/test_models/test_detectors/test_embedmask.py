@@ -11,17 +11,14 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import HorizontalBoxes
 from mmdet.structures.mask import BitmapMasks
-from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 import embedmask_mmdet  # noqa: F401  (registers the model)
 
-torch.set_num_threads(1)  # 2 threads spin-wait on a loaded 2-core box
 MMLogger.get_current_instance().setLevel('WARNING')
 # the data preprocessor is built from MODELS of the 'mmdet' scope
-register_all_modules(init_default_scope=True)
 
 CONFIG = osp.join(osp.dirname(__file__), '..', '..', '..', 'configs', '_base_', 'models',
                   'embedmask_r50_fpn.py')

@@ -13,7 +13,6 @@ from embedmask_mmdet.models.losses.lovasz_hinge_loss import (LovaszHingeLoss,
 from embedmask_mmdet.models.utils import mask_logit, mask_probability
 from mmdet.registry import MODELS
 
-torch.set_num_threads(1)  # 2 threads spin-wait on a loaded 2-core box
 
 
 def jaccard_set_loss(mistakes: set, gt: set) -> Fraction:

@@ -10,7 +10,6 @@ from embedmask_mmdet.models.utils import (location_map, mask_logit,
                                           proposal_margin, spatial_embedding)
 from embedmask_mmdet.models.utils.embedding import MAX_LOG_MARGIN
 
-torch.set_num_threads(1)  # 2 threads spin-wait on a loaded 2-core box
 
 
 def naive_mask_probability(pixel_embed, proposal_embed, margin):
