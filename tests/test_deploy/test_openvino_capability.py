@@ -54,6 +54,7 @@ def probe(isa):
     return json.loads(line[0][5:])
 
 
+@pytest.mark.slow  # a subprocess per ISA cap, ~11 s each
 @pytest.mark.parametrize('isa', [None, 'AVX512_CORE_BF16', 'AVX512_CORE',
                                  'AVX2'])
 def test_has_bf16_only_where_bf16_compiles(isa):

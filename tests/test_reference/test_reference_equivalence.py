@@ -134,6 +134,7 @@ def test_preprocessing_matches(model, ref_a, tmp_path):
                                rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # the R-50 forward of the reference input, ~25 s
 def test_feature_maps_match(forward_a, ref_a):
     """FPN, box-head, proposal embedding/margin, mask-branch and pixel
     embedding maps within 1e-3 relative of the reference."""
@@ -205,6 +206,7 @@ def test_detections_match(forward_a, ref_a):
     assert not dets.masks.any()
 
 
+@pytest.mark.slow  # ~23 s
 def test_variant_b_masks_match(model, ref_a):
     """Variant B (pixel-embedding convs x 2^-10): non-empty masks; each
     mask IoU >= 0.99 and the stride-4 probabilities within 1e-3."""

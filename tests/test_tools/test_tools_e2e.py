@@ -285,6 +285,40 @@ def test_mmdet_packaged_tools(env, trained):
         assert isinstance(metrics[key], float)
 
 
+def test_mmdet_analysis_tools(env, trained, tmp_path):
+    """mmdet's CPU analysis tools on our config and its results
+    (docs/getting_started.md lists them): analyze_results through our thin
+    wrapper (mmdet's keeps the loaders by exact class), the others as
+    mmdet ships them."""
+    import glob
+    import mmdet
+    tools = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
+                     'analysis_tools')
+    show = tmp_path / 'analyze'
+    run_ok([PY, 'tools/analysis_tools/analyze_results.py', env['config'],
+            trained['pkl'], str(show), '--topk', '2'])
+    assert glob.glob(str(show / 'good' / '*.jpg')) and \
+        glob.glob(str(show / 'bad' / '*.jpg'))
+    run_ok([PY, osp.join(tools, 'confusion_matrix.py'), env['config'],
+            trained['pkl'], str(tmp_path / 'cm')])
+    assert osp.isfile(tmp_path / 'cm' / 'confusion_matrix.png')
+    browse = tmp_path / 'browse'
+    run_ok([PY, osp.join(tools, 'browse_dataset.py'), env['config'],
+            '--output-dir', str(browse), '--not-show'])
+    drawn = glob.glob(str(browse / '*'))
+    # the 8 train images but those the dataset filters (no annotation)
+    assert 1 <= len(drawn) <= 8
+    assert all(cv2.imread(p) is not None for p in drawn)
+    out = run_ok([PY, osp.join(tools, 'get_flops.py'), env['config'],
+                  '--num-images', '1'])
+    assert 'Flops:' in out and 'Params:' in out
+    (log,) = glob.glob(osp.join(trained['work'], '*', 'vis_data',
+                                 'scalars.json'))
+    out = run_ok([PY, osp.join(tools, 'analyze_logs.py'), 'cal_train_time',
+                  log])
+    assert 'average iter time' in out
+
+
 def test_tta_with_our_and_mmdets_test_tools(env, trained):
     """--tta: the config's EmbedMaskTTAModel and tta_pipeline (3 scales x
     flip), through our tools/test.py and mmdet's packaged one."""
