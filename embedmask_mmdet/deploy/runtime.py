@@ -86,6 +86,10 @@ class _OnnxRuntimeSession:
             i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def metadata(self) -> dict:
+        """The model's ``metadata_props``."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def __call__(self, image: np.ndarray, img_shape: np.ndarray):
         feed = {'image': image}
         if self.feeds_img_shape:
@@ -169,7 +173,14 @@ class EmbedMaskONNXModel:
                 f'{model_file}: no such file; export one with '
                 'tools/deployment/export_onnx.py')
         register_all_modules()
-        meta = read_metadata(model_file)
+        self.session = _OnnxRuntimeSession(
+            model_file, precision, num_threads, providers) \
+            if backend == 'onnxruntime' else _OpenVINOSession(
+                model_file, precision, num_threads)
+        # ONNX Runtime has read the metadata: no second parse of the file
+        # (onnx.load holds the whole proto, weights included)
+        meta = self.session.metadata() if backend == 'onnxruntime' else \
+            read_metadata(model_file)
         if config is None:
             if META_CONFIG not in meta:
                 raise ValueError(
@@ -184,10 +195,6 @@ class EmbedMaskONNXModel:
         classes = meta.get(META_CLASSES)
         self.dataset_meta = dict(classes=tuple(classes.split('\n'))) \
             if classes else dict(config.get('metainfo', {}))
-        self.session = _OnnxRuntimeSession(
-            model_file, precision, num_threads, providers) \
-            if backend == 'onnxruntime' else _OpenVINOSession(
-                model_file, precision, num_threads)
         self.mask_contract = _mask_contract(self.session.output_names,
                                             model_file)
         # the compact contract's masks: the mask head's own predict code
@@ -208,6 +215,7 @@ class EmbedMaskONNXModel:
         self.fixed_shape = tuple(shape) if all(
             isinstance(s, int) for s in shape) else None
         self.skipped: List[tuple] = []
+        _release_freed_memory()
 
     @staticmethod
     def _inference_pipeline(cfg: Config) -> Compose:
@@ -240,7 +248,9 @@ class EmbedMaskONNXModel:
                     '--shape, or without --shape (any size)')
             image = np.pad(image, ((0, 0), (0, 0), (0, height - image.shape[2]),
                                    (0, width - image.shape[3])))
-        return self.session(image, np.asarray(img_shape[:2], np.int64))
+        outputs = self.session(image, np.asarray(img_shape[:2], np.int64))
+        _release_freed_memory()
+        return outputs
 
     def predict_batch(self, data: dict) -> List[DetDataSample]:
         """A batch as the test dataloader gives it -> its data samples with
@@ -308,6 +318,25 @@ class EmbedMaskONNXModel:
                                if self.skipped else ''), logger='current',
                   level=logging.WARNING if self.skipped else logging.INFO)
         return results
+
+
+def _release_freed_memory() -> None:
+    """Returns the C heap's free pages to the OS (glibc ``malloc_trim``; a
+    no-op elsewhere). Called after loading and after each graph run: the
+    pages the backend freed would otherwise stay resident under the masks
+    allocated next, and a large image's peak would be both."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+            _MALLOC_TRIM = ctypes.CDLL('libc.so.6').malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 def _mask_contract(output_names: Sequence[str], model_file: str) -> str:

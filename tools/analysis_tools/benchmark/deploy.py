@@ -68,10 +68,18 @@ def peak_gflops() -> dict:
         fp32 = 8
     bf16 = 1024 if 'amx_bf16' in flags else (
         2 * fp32 if 'avx512_bf16' in flags else None)
+    # int8 ops (2 per multiply-add): AMX tiles ~2048, VNNI dot products 4x
+    # the fp32 lanes, plain AVX2/AVX-512 (vpmaddubsw + vpmaddwd) ~2x
+    int8_dot = 'amx_int8' in flags or 'avx512_vnni' in flags or \
+        'avx_vnni' in flags
+    int8 = 2048 if 'amx_int8' in flags else 4 * fp32 if int8_dot \
+        else 2 * fp32
     clock = mhz / 1000
     return dict(cores=cores, clock_ghz=round(clock, 2), fp32_per_cycle=fp32,
-                bf16_per_cycle=bf16, fp32=cores * clock * fp32,
+                bf16_per_cycle=bf16, int8_per_cycle=int8,
+                fp32=cores * clock * fp32,
                 bf16=cores * clock * bf16 if bf16 else None,
+                int8=cores * clock * int8, int8_dot_product=int8_dot,
                 amx='amx_bf16' in flags, avx512_bf16='avx512_bf16' in flags)
 
 
@@ -167,12 +175,18 @@ def latency_case(name, case, work_dir, has_bf16, checkpoint=None):
     start = time.perf_counter()
     export_onnx(cfg, None, onnx_file, model=fp32)
     log(f'{name}: exported in {time.perf_counter() - start:.0f} s')
-    paths = [('ONNX Runtime fp32', 'onnxruntime', 'fp32'),
-             ('OpenVINO fp32', 'openvino', 'fp32')]
+    paths = [('ONNX Runtime fp32', 'onnxruntime', 'fp32', onnx_file),
+             ('OpenVINO fp32', 'openvino', 'fp32', onnx_file)]
     if has_bf16:
-        paths.append(('OpenVINO bf16', 'openvino', 'bf16'))
-    for label, backend, precision in paths:
-        runtime = EmbedMaskONNXModel(onnx_file, backend, config=cfg,
+        paths.append(('OpenVINO bf16', 'openvino', 'bf16', onnx_file))
+    # INT8 by each quantizer, run by the runtime it targets
+    calib = [test_image(case['size'], seed=i) for i in range(1, 9)]
+    for quantizer, backend, label in INT8_PATHS:
+        int8_file = onnx_file.replace('.onnx', f'_int8_{quantizer}.onnx')
+        int8(onnx_file, int8_file, calib, quantizer, cfg)
+        paths.append((label, backend, 'fp32', int8_file))
+    for label, backend, precision, model_file in paths:
+        runtime = EmbedMaskONNXModel(model_file, backend, config=cfg,
                                      precision=precision)
         rows[label] = timed(runtime, img, warmup, reps)
         del runtime
@@ -218,6 +232,26 @@ def large_image_case(checkpoint, data_root, work_dir) -> dict:
     return large_run(osp.join(ROOT, DEMO_CONFIG), checkpoint,
                      osp.join(data_root, 'val', name),
                      osp.join(work_dir, 'large_image'), log=log)
+
+
+# (quantizer, runtime, row label): NNCF places its quantizers for
+# OpenVINO, ONNX Runtime's quantize_static for ONNX Runtime's kernels
+INT8_PATHS = (('openvino', 'openvino', 'OpenVINO INT8 (NNCF)'),
+              ('onnxruntime', 'onnxruntime', 'ONNX Runtime INT8'))
+
+
+def int8(onnx_file: str, out: str, calib_images, quantizer: str,
+         cfg) -> dict:
+    """``quantize_onnx`` with the defaults the docs recommend; its
+    summary."""
+    from embedmask_mmdet.deploy.quantize import quantize_onnx
+    start = time.perf_counter()
+    summary = quantize_onnx(onnx_file, out, calib_images, backend=quantizer,
+                            num_images=len(calib_images), config=cfg,
+                            verbose=False)
+    log(f'INT8 ({quantizer}) {osp.basename(out)} in '
+        f'{time.perf_counter() - start:.0f} s')
+    return summary
 
 
 def mask_agreement(ref, got):
@@ -272,14 +306,23 @@ def accuracy_case(checkpoint, data_root, work_dir, has_bf16):
         with torch.autocast('cpu', dtype=torch.bfloat16):
             return nhwc.test_step(data)
     out['PyTorch channels_last + bf16'] = ap(evaluate(cfg, bf16_step))
-    runtimes = {'ONNX Runtime fp32': ('onnxruntime', 'fp32'),
-                'OpenVINO fp32': ('openvino', 'fp32')}
+    runtimes = {'ONNX Runtime fp32': ('onnxruntime', 'fp32', onnx_file),
+                'OpenVINO fp32': ('openvino', 'fp32', onnx_file)}
     if has_bf16:
-        runtimes['OpenVINO bf16'] = ('openvino', 'bf16')
+        runtimes['OpenVINO bf16'] = ('openvino', 'bf16', onnx_file)
+    # INT8 calibrated on 64 images of the train split, as the docs do it
+    from embedmask_mmdet.deploy.quantize import (calibration_images,
+                                                 sample_images)
+    cfg.train_dataloader.dataset.data_root = data_root
+    calib = sample_images(calibration_images(cfg), 64)
+    for quantizer, backend, label in INT8_PATHS:
+        int8_file = osp.join(work_dir, f'demo_int8_{quantizer}.onnx')
+        int8(onnx_file, int8_file, calib, quantizer, cfg)
+        runtimes[label] = (backend, 'fp32', int8_file)
     agreement = {}
     ref_runs = {}
-    for label, (backend, precision) in runtimes.items():
-        runtime = EmbedMaskONNXModel(onnx_file, backend, config=cfg,
+    for label, (backend, precision, model_file) in runtimes.items():
+        runtime = EmbedMaskONNXModel(model_file, backend, config=cfg,
                                      precision=precision)
         out[label] = ap(evaluate(cfg, runtime.predict_batch))
         ref_runs[label] = runtime
@@ -289,6 +332,11 @@ def accuracy_case(checkpoint, data_root, work_dir, has_bf16):
     from mmengine.runner import Runner
     loader = Runner.build_dataloader(cfg.test_dataloader)
     pairs = {'PyTorch channels_last + bf16': (model.test_step, bf16_step)}
+    for _, backend, label in INT8_PATHS:
+        fp32_label = 'OpenVINO fp32' if backend == 'openvino' else \
+            'ONNX Runtime fp32'
+        pairs[label] = (ref_runs[fp32_label].predict_batch,
+                        ref_runs[label].predict_batch)
     if has_bf16:
         pairs['OpenVINO bf16'] = (ref_runs['OpenVINO fp32'].predict_batch,
                                   ref_runs['OpenVINO bf16'].predict_batch)

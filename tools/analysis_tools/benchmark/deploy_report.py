@@ -66,6 +66,7 @@ def deployment_section(dep: dict) -> List[str]:
               'linears\' multiply-adds x 2; achieved = count / best '
               'latency, so the pipeline and mask steps count against it.',
               '']
+    lines += int8_lines(dep)
     lines += overhead_lines(dep.get('lite_overhead'))
     lines += large_image_lines(dep.get('large_image'))
     acc = dep.get('accuracy')
@@ -87,9 +88,10 @@ def deployment_section(dep: dict) -> List[str]:
     rows = [[k, v['matched'], v['unmatched'], _f(v['min_iou'], 4),
              _f(v['mean_iou'], 4), _f(100 * v['share_at_least_098'], 1)]
             for k, v in acc['agreement'].items()]
-    lines += ['bf16 against fp32, detection by detection (fp32 detections '
-              'above 0.3 matched to a bf16 one of the same class with box '
-              'IoU >= 0.9):', '']
+    lines += ['bf16 and INT8 against fp32, detection by detection (fp32 '
+              'detections above 0.3 matched to one of the same class with '
+              'box IoU >= 0.9; INT8 rows against the same runtime\'s fp32):',
+              '']
     lines += _table(['path', 'matched', 'unmatched', 'min mask IoU',
                      'mean mask IoU', '% with IoU >= 0.98'], rows)
     return lines
@@ -147,4 +149,68 @@ def large_image_lines(large) -> List[str]:
               f'{first["detections"]} detections (N):', '']
     lines += _table(['mask outputs', 'outputs (float32 / int64)', 'MiB'],
                     rows)
+    return lines
+
+
+# INT8 targets: the best INT8 path's latency as a ratio to PyTorch fp32 per
+# model, and segm mAP within INT8_AP_DROP of fp32, on a CPU with INT8
+# dot-product units (VNNI or AMX)
+INT8_TARGETS = {'EmbedMask R-50': 0.15, 'EmbedMask-Lite': 0.25}
+INT8_AP_DROP = 0.01
+
+
+def int8_lines(dep: dict) -> List[str]:
+    """INT8 latency verdicts with achieved GOP/s beside the int8 peak, and
+    the AP verdict."""
+    latency, peak = dep['latency'], dep['peak']
+    rows = []
+    for name, case in latency.items():
+        int8 = {k: v for k, v in case['ratio'].items() if 'INT8' in k}
+        if not int8:
+            continue
+        best = min(int8, key=int8.get)
+        target = INT8_TARGETS.get(name)
+        gops = case['gflop'] / case['seconds'][best]
+        rows.append([name, best, _f(int8[best], 2),
+                     '-' if target is None else f'<= {target}',
+                     '-' if target is None else '**met**'
+                     if int8[best] <= target else '**not met**',
+                     _f(gops, 1), _f(peak.get('int8') or 0, 0),
+                     f'{100 * gops / peak["int8"]:.0f}%'
+                     if peak.get('int8') else '-'])
+    if not rows:
+        return []
+    units = 'with INT8 dot-product units (VNNI / AMX)' if \
+        peak.get('int8_dot_product') else 'WITHOUT INT8 dot-product units ' \
+        '(no VNNI, no AMX): the latency targets are set for CPUs that have ' \
+        'them, so these verdicts do not decide them'
+    lines = ['### INT8', '',
+             'The exported graph quantized by `tools/deployment/quantize.py` '
+             '(backbone, neck and towers INT8; the mask path and the decoding '
+             'tail float; calibration here: 8 generated images for the speed '
+             'rows, 64 train images for the accuracy rows). Targets (the '
+             'deployment brief: INT8 must pay where users deploy it): best '
+             'INT8 path <= 0.15x PyTorch fp32 for R-50 800x1333, <= 0.25x '
+             f'for Lite 320x320, on a CPU with INT8 dot-product units; segm '
+             f'mAP within {INT8_AP_DROP} of fp32. This CPU is {units}.', '']
+    lines += _table(['model', 'best INT8 path', 'ratio', 'target', 'verdict',
+                     'achieved GOP/s', 'int8 peak estimate GOP/s',
+                     'of peak'], rows)
+    acc = dep.get('accuracy')
+    if acc:
+        ref = acc['ap'].get('OpenVINO fp32') or acc['ap']['PyTorch fp32']
+        verdicts = [[k, _f(v['segm_mAP'], 3),
+                     f'{v["segm_mAP"] - ref["segm_mAP"]:+.4f}',
+                     '**met**' if ref['segm_mAP'] - v['segm_mAP'] <=
+                     INT8_AP_DROP else '**not met**']
+                    for k, v in acc['ap'].items() if 'INT8' in k]
+        lines += ['INT8 accuracy against the exported fp32 model (the '
+                  'accuracy table below has every row):', '']
+        lines += _table(['path', 'segm mAP', 'vs fp32', 'verdict'],
+                        verdicts)
+    lines += [f'int8 peak estimate = cores x clock x '
+              f'{peak.get("int8_per_cycle")} int8 ops/cycle (2 per '
+              'multiply-add: AMX ~2048, VNNI 4x the fp32 lanes, AVX2 / '
+              'AVX-512 without VNNI ~2x); achieved = the convs\' GFLOP / '
+              'latency, pipeline and masks included.', '']
     return lines
