@@ -30,9 +30,10 @@ setup(
         # tools/analysis_tools/analyze_logs.py plot_curve
         'analysis': ['matplotlib', 'seaborn'],
         # tools/deployment and embedmask_mmdet.deploy: ONNX export (torch's
-        # dynamo exporter writes through onnxscript) and the two runtimes
+        # dynamo exporter writes through onnxscript), the two runtimes, and
+        # NNCF for INT8 quantization (deploy/quantize.py, backend openvino)
         'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20',
-                   'openvino>=2025.0'],
+                   'openvino>=2025.0', 'nncf>=3.4'],
     },
     zip_safe=False,
 )
