@@ -28,7 +28,7 @@ setup(
         'tests': ['pytest>=7', 'scikit-image', 'matplotlib'],
         # make bench's plots (tools/analysis_tools/benchmark) and mmdet's
         # tools/analysis_tools/analyze_logs.py plot_curve
-        'analysis': ['matplotlib', 'seaborn'],
+        'analysis': ['matplotlib', 'seaborn', 'psutil'],
         # tools/deployment and embedmask_mmdet.deploy: ONNX export (torch's
         # dynamo exporter writes through onnxscript), the two runtimes, and
         # NNCF for INT8 quantization (deploy/quantize.py, backend openvino)

