@@ -168,10 +168,10 @@ def test_mask_path_stays_float(overfit, int8, backend):
 
 def collecting(step, out: list):
     """``step`` (a predict_batch) whose results are copied at once, kept
-    in ``out`` and handed on: at 3d94f25 the runtime's OpenVINO outputs
-    are views of its buffers, which the next inference overwrites, and
-    CocoMetric keeps views of them; this module is about the INT8
-    numbers."""
+    in ``out`` and handed on: CocoMetric keeps views of the results, and
+    before 775d90b the runtime's compact OpenVINO outputs were views of
+    buffers the next inference overwrote; this module is about the INT8
+    numbers, whatever the runtime copies."""
     def run(data):
         results = copy.deepcopy(step(data))
         out.extend(copy.deepcopy(results))
