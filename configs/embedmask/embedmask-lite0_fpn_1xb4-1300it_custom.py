@@ -31,7 +31,13 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + val_ann)
 test_evaluator = val_evaluator
 
-# (4) the schedule: the demo's 1300 iterations of batch 4 suit a few hundred
-# images; scale max_iters and the milestones with your dataset
+# (4) the schedule (the demo's, configs/_base_/schedules/cpu_adamw_1300it.py):
+# 1300 iterations of batch 4 suit a few hundred images; scale max_iters and
+# the milestones (75 % and 93 % of the run) with your dataset
 max_iters = 1300
 train_cfg = dict(max_iters=max_iters, val_interval=650)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[975, 1210], gamma=0.1)
+]

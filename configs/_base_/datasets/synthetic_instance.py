@@ -37,7 +37,11 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    # for iteration-based loops (the CPU schedules in ../schedules/): an
+    # infinite sampler avoids mmengine's 2 s pause at every epoch end (which
+    # dominates on tiny datasets); an epoch-based schedule needs
+    # DefaultSampler back
+    sampler=dict(type='InfiniteSampler', shuffle=True),
     batch_sampler=dict(type='AspectRatioBatchSampler'),
     dataset=dict(
         type=dataset_type,
@@ -52,7 +56,7 @@ train_dataloader = dict(
         backend_args=backend_args))
 val_dataloader = dict(
     batch_size=1,
-    num_workers=2,
+    num_workers=1,
     persistent_workers=True,
     drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
@@ -76,3 +80,19 @@ val_evaluator = dict(
     format_only=False,
     backend_args=backend_args)
 test_evaluator = val_evaluator
+
+# test-time augmentation (tools/test.py --tta, ours or mmdet's; docs/tta.md):
+# each of three scales, the test scale and two larger ones (the shapes are
+# small), with and without a horizontal flip; boxes merged by NMS, masks by
+# averaging each detection's matched p over the views (EmbedMaskTTAModel)
+tta_model = dict(type='EmbedMaskTTAModel')
+tta_scales = [(320, 320), (416, 416), (512, 512)]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=s, keep_ratio=True) for s in tta_scales],
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+        [dict(type='PackDetInputs',
+              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                         'scale_factor', 'flip', 'flip_direction'))]])
+]
