@@ -6,7 +6,7 @@ results.
         [--channels-last] [--json none|rle|polygon] [--show]
     python tools/demo.py VIDEO|CAMERA_INDEX|URL CONFIG CHECKPOINT
         [--out-video OUT.mp4] [--show] [--max-frames N]
-        [--json none|rle|polygon --out-dir DIR] [...]
+        [--json none|rle|polygon --out-dir DIR] [--track] [...]
 
 Images: each picture (masks, boxes, class names, scores, drawn by mmdet's
 DetLocalVisualizer) is written to DIR/<image name>.png; with ``--json rle``
@@ -25,7 +25,11 @@ same way; ``--out-video`` writes the drawn frames (mp4v, the source's fps,
 frame to DIR/<video name>.jsonl (``--out-dir``) or beside ``--out-video``.
 Frames that fail to decode are skipped and counted; the run ends at the end
 of the stream or on Ctrl-C, prints the frame count and the frames per second
-and exits 0 (embedmask_mmdet.apis.run_video).
+and exits 0 (embedmask_mmdet.apis.run_video). ``--track`` gives the
+detections instance IDs across frames (embedmask_mmdet.apis.EmbeddingTracker:
+box IoU and the margin-weighted distance of the detections' embeddings) and
+draws them with mmdet's TrackLocalVisualizer: colour by ID, the ID after the
+class name.
 
 ``--amp`` (bf16 autocast on a CPU, fp16 on a GPU) and ``--channels-last``
 (NHWC) are the fast CPU inference switches. Masks agree with fp32: the mean
@@ -48,8 +52,9 @@ import torch
 from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
-from embedmask_mmdet.apis import (amp_dtype, is_video_source, open_capture,
-                                  run_video, source_name, use_channels_last)
+from embedmask_mmdet.apis import (EmbeddingTracker, amp_dtype,
+                                  is_video_source, open_capture, run_video,
+                                  source_name, use_channels_last)
 from embedmask_mmdet.utils import (UnreadableImage, image_result, list_images,
                                    read_image)
 
@@ -190,6 +195,9 @@ def parse_args(argv=None):
                         help='autocast: bf16 on a CPU, fp16 on a GPU')
     parser.add_argument('--channels-last', action='store_true',
                         help='NHWC images and conv weights')
+    parser.add_argument('--track', action='store_true',
+                        help='video input: instance IDs across frames, drawn '
+                        'as colours and numbers')
     return parser.parse_args(argv)
 
 
@@ -199,6 +207,8 @@ def main(argv=None):
         if not osp.isfile(path):
             sys.exit(f'error: {what} file {path!r} not found')
     video = check_output_args(args)
+    if args.track and not video:
+        sys.exit('error: --track is for a video, camera or stream input')
     if not video:
         try:
             images = list_images(args.inputs, args.limit)
@@ -215,9 +225,19 @@ def main(argv=None):
     classes = model.dataset_meta.get('classes')
 
     if video:
+        tracker = None
+        if args.track:
+            tracker = EmbeddingTracker(score_thr=args.score_thr)
+            visualizer = VISUALIZERS.build(
+                dict(type='TrackLocalVisualizer', name='track_visualizer'))
+            visualizer.dataset_meta = model.dataset_meta
+
         def predict(frame):
             with context:
-                return inference_detector(model, frame)
+                sample = inference_detector(model, frame)
+            if tracker is not None:
+                sample.pred_track_instances = tracker.track(sample)
+            return sample
 
         run_video_source(args, predict, visualizer, classes)
         return
