@@ -71,13 +71,55 @@ class EmbedMaskBboxPredictMixin:
         priors = self.prior_generator.grid_priors(
             [c.shape[-2:] for c in cls_scores], dtype=bbox_preds[0].dtype,
             device=bbox_preds[0].device, with_stride=True)
+        return self.predict_at_points(
+            cls_scores, bbox_preds, score_factors, param_preds,
+            [p[:, :2] for p in priors], [p[:, 2] for p in priors],
+            batch_img_metas, settings)
+
+    def predict_at_points(self, cls_scores: List[Tensor],
+                          bbox_preds: List[Tensor],
+                          score_factors: List[Tensor],
+                          param_preds: List[Tensor],
+                          mlvl_points: List[Tensor],
+                          mlvl_strides: List[Tensor],
+                          batch_img_metas: List[dict],
+                          settings: Optional[BoxInferenceSettings] = None
+                          ) -> InstanceList:
+        """:meth:`predict_by_feat` (candidate rules 'adelaidet' and
+        'fcos_repo') at locations given by their points instead of a grid.
+
+        Each level's maps are (B, C, H, W) with ``mlvl_points`` (H W, 2)
+        in row-major order; any (B, C, 1, N) strip of N locations works
+        the same, which is how sliced inference
+        (:class:`embedmask_mmdet.apis.EmbedMaskSlicedInferencer`) decodes
+        the locations of several tiles in image coordinates with one
+        selection and one NMS.
+
+        Args:
+            cls_scores, bbox_preds, score_factors, param_preds
+                (list[Tensor]): As :meth:`predict_by_feat`, per level.
+            mlvl_points (list[Tensor]): (x, y) of each level's locations in
+                input-image pixels, (N_l, 2).
+            mlvl_strides (list[Tensor]): Their strides, (N_l, ).
+            batch_img_metas (list[dict]): Meta information of each image.
+            settings (BoxInferenceSettings, optional): None: the head's.
+
+        Returns:
+            list[:obj:`InstanceData`]: As :meth:`predict_by_feat`.
+        """
+        settings = settings or self.settings
+        if settings.candidate_rule == 'mmdet':
+            raise ValueError(
+                f'{type(self).__name__}.predict_at_points: test_cfg '
+                "candidate_rule 'mmdet' (mmdet's CondInst path) selects on "
+                "its own grid; set candidate_rule='adelaidet' (or "
+                "'fcos_repo') in the config's model.test_cfg")
         return [self._finish(r, settings) for r in self._select_by_cls_ctr(
             [c.detach() for c in cls_scores],
             [b.detach() for b in bbox_preds],
             [f.detach() for f in score_factors],
             [p.detach() for p in param_preds],
-            [p[:, :2] for p in priors], [p[:, 2] for p in priors], settings,
-            batch_img_metas)]
+            mlvl_points, mlvl_strides, settings, batch_img_metas)]
 
     def _predict_by_feat_single(self, cls_score_list: List[Tensor],
                                 bbox_pred_list: List[Tensor],
