@@ -10,7 +10,8 @@ model = dict(
     # NHWC layout: same results, ~1.3x faster oneDNN convs on CPU
     channels_last=True,
     # the Lite0 weights were trained on RGB scaled as (x - 127) / 128
-    data_preprocessor=dict(mean=[127.0, 127.0, 127.0], std=[128.0, 128.0, 128.0]),
+    data_preprocessor=dict(mean=[127.0, 127.0, 127.0],
+                           std=[128.0, 128.0, 128.0]),
     backbone=dict(
         type='EfficientNetLite',
         arch='lite0',

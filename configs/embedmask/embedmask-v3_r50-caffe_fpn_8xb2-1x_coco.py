@@ -1,10 +1,11 @@
-# EmbedMask R-50-FPN, the authors' FCOS-repo design (v3, spec section 3 left
-# column): 3x3 proposal convs, SAMPLE_IN_MASK, GN P3 tower with x2-upsampled
-# embedding, one best-IoU positive per gt, Lovász hinge weight 0.5 (eps 1e-9),
-# no semantic loss; at test: candidates cls > 0.05, the top 1000 per level by
-# cls*ctr, boxes clipped to the last pixel, score cls*ctr; masks as log p
-# inside the box's cells +- 2 (-10 elsewhere), resampled as log p,
-# thresholded at log 0.53, not cropped afterwards.
+# EmbedMask R-50-FPN, the authors' FCOS-repo design (the repo's v3 code,
+# yinghdb/EmbedMask e9465cb; docs/design.md "The two published designs",
+# right column): 3x3 proposal convs, SAMPLE_IN_MASK, GN P3 tower with
+# x2-upsampled embedding, one best-IoU positive per gt, Lovász hinge weight
+# 0.5 (eps 1e-9), no semantic loss; at test: candidates cls > 0.05, the top
+# 1000 per level by cls*ctr, boxes clipped to the last pixel, score cls*ctr;
+# masks as log p inside the box's cells +- 2 (-10 elsewhere), resampled as
+# log p, thresholded at log 0.53, not cropped afterwards.
 # Target rules of its loss.py: positives must lie in their gt's mask before
 # the smallest gt is chosen, centre sampling around the box centre, mask loss
 # averaged per image then over images. maskrcnn-benchmark recipe: MSRA R-50

@@ -1,4 +1,5 @@
-"""Test-only modules for tests/test_robustness.py: a toy model and dataset, a
+"""Test-only modules for tests/test_robustness/ (test_robustness_training.py
+imports them): a toy model and dataset, a
 hook that kills one rank, and a training entry point that can be killed in
 the middle of writing a checkpoint.
 

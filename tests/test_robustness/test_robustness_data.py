@@ -1,4 +1,4 @@
-"""Bad input data: annotations, missing/corrupt/odd images, crowd RLEs, the corrupt-dataset tool (issue 7)."""
+"""Bad input data: annotations, missing/corrupt/odd images, crowd RLEs, the corrupt-dataset tool (docs/robustness.md)."""
 import json
 import os
 import os.path as osp

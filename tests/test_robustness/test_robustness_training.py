@@ -1,4 +1,4 @@
-"""Faults in training: config mistakes, 0/300+ objects, non-finite losses, checkpoint write faults, a dying rank (issue 7)."""
+"""Faults in training: config mistakes, 0/300+ objects, non-finite losses, checkpoint write faults, a dying rank (docs/robustness.md)."""
 import copy
 import os
 import os.path as osp

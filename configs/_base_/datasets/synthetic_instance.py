@@ -2,7 +2,8 @@
 # laid out like mmdet's coco_instance.py so children override the same keys.
 # RobustCocoDataset / RobustLoadImageFromFile (embedmask_mmdet.datasets) skip
 # bad annotations, missing and corrupt training images with logged counts;
-# README "Bad input and faults" lists the cases and the switches.
+# docs/robustness.md ("Bad input and faults") lists the cases and the
+# switches.
 dataset_type = 'RobustCocoDataset'
 data_root = 'data/synthetic/'
 metainfo = dict(
