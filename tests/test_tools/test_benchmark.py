@@ -13,8 +13,10 @@ import torch
 
 from analysis_tools.benchmark.measure import linear_fit
 from analysis_tools.benchmark.models import LABELS, MODELS_ALL
-from analysis_tools.benchmark.report import (PLOTS, load_results, targets,
+from analysis_tools.benchmark.plots import PLOTS
+from analysis_tools.benchmark.report import (headline_rows, load_results,
                                               write_report)
+from analysis_tools.benchmark.targets import TARGETS
 from analysis_tools.benchmark.step_profile import (op_kind, section_lines,
                                                     step_flops,
                                                     step_time_split)
@@ -180,6 +182,12 @@ def test_document_and_plots(tiny_run):
     assert '(FLOPs per step: ' in text  # the step target's row
     assert '| EmbedMask + semantic loss (AdelaiDet)' in text
     assert 'torch / mmcv / mmengine / mmdet' in text
+    # the targets table: every bound with its reason
+    assert '## Targets' in text
+    for target in TARGETS.values():
+        assert f'| {target.claim} |' in text, target.claim
+    # a generated page never carries the checkout's location
+    assert ROOT not in text and ROOT not in json.dumps(results['meta'])
     for png in PLOTS.values():
         path = out.parent / png
         assert path.is_file() and path.stat().st_size > 5000, png
@@ -222,14 +230,18 @@ def test_targets_verdicts():
         accuracy=dict(models=dict(
             embedmask=dict(segm=dict(mAP=0.5, mAP_75=0.5)),
             condinst=dict(segm=dict(mAP=0.4, mAP_75=0.5)))))
-    got = targets(results)
+    got = headline_rows(results)
     assert len(got) == 7
     # 0.8 <= 0.9 met; 80/60 = 1.33 > 1.15 not met; 4/80 = 5 % met;
     # step 0.9 met; memory 1.1 not met; AP +10 points met; AP75 equal: not >
-    assert [t['met'] for t in got] == [True, False, True, True, False, True,
-                                       False]
-    assert [round(t['value'], 3) for t in got] == [0.8, 1.333, 0.05, 0.9, 1.1,
-                                                   10., 0.]
+    met, no = '**met**', '**not met**'
+    assert [row[3] for row in got] == [met, no, met, met, no, met, no]
+    assert [row[1] for row in got] == ['0.800', '1.333', '0.050', '0.900',
+                                       '1.100', '10.0', '0.0']
+    # each row's claim and bound come from the one targets table
+    assert got[0][0].startswith('CPU latency, EmbedMask / CondInst')
+    assert got[0][2] == f'<= {TARGETS["latency_vs_condinst"].bound:g}'
+    assert got[-1][2] == '> 0'
 
 
 def _conv_step():

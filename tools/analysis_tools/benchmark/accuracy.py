@@ -13,7 +13,8 @@ from typing import Optional, Tuple
 
 from mmengine.config import Config
 
-from .models import LITE0_CONFIG, NO_BOXES, ROOT, model_cfg
+from .machine import ROOT, log
+from .models import BOX_ONLY, LITE0_CONFIG, NO_BOXES, model_cfg
 
 METRIC_KEYS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
 # accuracy-only variants: (model, mask_head settings merged into its
@@ -143,3 +144,62 @@ def train_and_test(name: str, iters: int, work_root: str, data_root: str,
         vals = {k: metrics.get(f'coco/{task}_{k}') for k in METRIC_KEYS}
         out[task] = None if vals['mAP'] is None else vals
     return out
+
+
+def measure_accuracy(args, save, results) -> dict:
+    """The equal-budget accuracy rows: each model trained and tested on the
+    built-in data (``--tiny``: a tiny generated set)."""
+    names = [m for m in args.acc_models if m not in BOX_ONLY]
+    data_root = args.data_root
+    tiny_size = None
+    if args.tiny:
+        from embedmask_mmdet.datasets import generate_synthetic_coco
+        data_root = osp.join(args.work_dir, 'tiny_data')
+        tiny_size = (args.tiny_size, args.tiny_size)
+        generate_synthetic_coco(data_root, num_train=4, num_val=2, seed=0,
+                                size=tiny_size)
+    if not osp.isfile(osp.join(data_root, 'annotations/instances_val.json')):
+        sys.exit(f'error: no dataset at {data_root}; run `make data` (or '
+                 'tools/make_synthetic_coco.py) first')
+    cfg = runner_cfg('embedmask', args.train_iters, args.work_dir,
+                              data_root, tiny_size=tiny_size)
+    counts = {}
+    for split in ('train', 'val'):
+        with open(osp.join(data_root, f'annotations/instances_{split}.json')) \
+                as f:
+            coco = json.load(f)
+        counts[split] = (len(coco['images']), len(coco['annotations']),
+                         len(coco['categories']))
+    opt = cfg.optim_wrapper.optimizer
+    sched = cfg.param_scheduler
+    scale = [s['scale'] for s in cfg.train_dataloader.dataset.pipeline
+             if s['type'] == 'Resize'][0]
+    acc = dict(
+        iters=args.train_iters, models={},
+        data=f'`{data_root}`: {counts["train"][0]} train images '
+        f'({counts["train"][1]} instances), {counts["val"][0]} val images '
+        f'({counts["val"][1]} instances), {counts["val"][2]} classes',
+        setup=f'batch {cfg.train_dataloader.batch_size}, images resized to '
+        f'{scale[0]}x{scale[1]} (keep ratio) + random flip, '
+        f'{opt.type} lr {opt.lr:g} weight decay {opt.get("weight_decay", 0):g}'
+        f', grad clip {cfg.optim_wrapper.get("clip_grad", {}).get("max_norm")}'
+        f', linear warm-up over {sched[0]["end"]} iterations then x0.1 at '
+        f'iterations {sched[1]["milestones"]}, the same EfficientNet-Lite0 ('
+        + ('random init' if args.tiny else
+           'ImageNet weights from its pip package') +
+        ') + FPN-96 (P3-P7) for every model (EmbedMask\'s FPN also makes P2 '
+        'for its pixel branch and it trains in channels-last layout, as its '
+        'config says), heads narrowed alike, seed 0')
+    results['accuracy'] = acc
+    for m in names:
+        log(f'accuracy: training {m} for {args.train_iters} iterations')
+        try:
+            acc['models'][m] = train_and_test(
+                m, args.train_iters, args.work_dir, data_root,
+                pretrained=not args.tiny, tiny_size=tiny_size)
+        except RuntimeError as e:  # keep the other rows; say what failed
+            log(f'accuracy: {m} failed: {e}')
+            acc['models'][m] = None
+        log(f'  {m}: {acc["models"][m]}')
+        save()
+    return acc

@@ -2,14 +2,13 @@
 docs/benchmarks.md."""
 from typing import List, Optional
 
-from .fmt import num as _f
-from .fmt import ratio as _ratio
-from .fmt import table as _table
+from .fmt import num, ratio, table
+from .machine import repo_path
 from .plots import model_label
+from .targets import TARGETS
 
-BATCH_TARGET = 0.9  # EmbedMask per-image time at batch 4 / batch 1
+# the input size of the batching target (targets.TARGETS['batch4_vs_batch1'])
 BATCH_TARGET_SIZE = '320x320'
-TTA_TARGET = 0.01  # segm mAP gain of TTA over plain testing
 
 
 def batch_ratio(speed: dict, size: str = BATCH_TARGET_SIZE,
@@ -20,10 +19,10 @@ def batch_ratio(speed: dict, size: str = BATCH_TARGET_SIZE,
     if not rows:
         return None
     rows = {int(b): r for b, r in rows.items()}
-    return _ratio(rows[max(rows)]['median_ms'], rows[min(rows)]['median_ms'])
+    return ratio(rows[max(rows)]['median_ms'], rows[min(rows)]['median_ms'])
 
 
-def batch_section(speed: dict) -> List[str]:
+def render_batch(speed: dict) -> List[str]:
     batch = speed.get('batch')
     if not batch or not batch.get('sizes'):
         return []
@@ -44,27 +43,28 @@ def batch_section(speed: dict) -> List[str]:
         ref = batches[0]
         header = ['model'] + [f'batch {b} ms/img' for b in batches] + \
             [f'b{b} / b{ref}' for b in batches[1:]]
-        table = []
+        body = []
         for m, rows in models.items():
             rows = {int(b): r for b, r in rows.items()}
-            table.append(
+            body.append(
                 [model_label(m)] +
-                [_f(rows[b]['median_ms']) for b in batches] +
-                [_f(_ratio(rows[b]['median_ms'], rows[ref]['median_ms']), 3)
+                [num(rows[b]['median_ms']) for b in batches] +
+                [num(ratio(rows[b]['median_ms'], rows[ref]['median_ms']), 3)
                  for b in batches[1:]])
         lines += [f'At {size} ({entry["reps"]} timed repetitions):', '']
-        lines += _table(header, table)
+        lines += table(header, body)
     return lines
 
 
-def tta_section(tta: Optional[dict]) -> List[str]:
+def render_tta(tta: Optional[dict]) -> List[str]:
     if not tta:
         return []
     rows = tta['rows']
     plain, largest, merged = rows['plain'], rows['plain_largest'], rows['tta']
     scales = ', '.join(f'{h}x{w}' for h, w in tta['tta_scales'])
     lines = ['## Test-time augmentation (EmbedMask-Lite, built-in val split)',
-             '', f'`{tta["config"]}` with the checkpoint `{tta["checkpoint"]}`'
+             '', f'`{repo_path(tta["config"])}` with the checkpoint '
+             f'`{repo_path(tta["checkpoint"])}`'
              f' on the {plain["images"]} val images: as configured (test '
              f'scale {tta["test_scale"][0]}x{tta["test_scale"][1]}), at the '
              f'TTA\'s largest scale alone, and with `{tta["merge"]}` over '
@@ -72,26 +72,27 @@ def tta_section(tta: Optional[dict]) -> List[str]:
              'a horizontal flip; `tools/test.py --tta`). Seconds per image '
              'are the whole test loop\'s (loading and evaluation included), '
              'measured in this run.', '']
-    lines += _table(['', ''], [[k, v] for k, v in tta['machine'].items()])
+    lines += table(['', ''], [[k, v] for k, v in tta['machine'].items()])
     header = ['testing', 'segm mAP', 'AP50', 'AP75', 'AP_s', 'AP_m', 'AP_l',
               'bbox mAP', 's / image', 'time vs plain']
-    table = []
+    body = []
     for name, label in (('plain', 'plain (test scale)'),
                         ('plain_largest', 'plain at {}x{}'.format(
                             *tta['largest'])),
                         ('tta', f'TTA, {tta["views"]} views')):
         r = rows[name]
-        table.append([label] + [_f(r[k], 3) for k in (
+        body.append([label] + [num(r[k], 3) for k in (
             'segm_mAP', 'segm_mAP_50', 'segm_mAP_75', 'segm_mAP_s',
             'segm_mAP_m', 'segm_mAP_l', 'bbox_mAP')] +
-            [_f(r['s_per_img'], 3),
-             _f(_ratio(r['s_per_img'], plain['s_per_img']), 2) + 'x'])
-    lines += _table(header, table)
+            [num(r['s_per_img'], 3),
+             num(ratio(r['s_per_img'], plain['s_per_img']), 2) + 'x'])
+    lines += table(header, body)
     gain = merged['segm_mAP'] - plain['segm_mAP']
+    target = TARGETS['tta_gain']  # in AP points
     over_scale = merged['segm_mAP'] - largest['segm_mAP']
     lines += [f'TTA adds {gain:+.3f} segm mAP to plain testing (target '
-              f'+{TTA_TARGET}: ' + ('met' if gain >= TTA_TARGET else
-                                     'not met') +
+              f'+{target.bound / 100:g}: ' + ('met' if target.met(100 * gain)
+                                            else 'not met') +
               f') and {over_scale:+.3f} to testing at its largest scale '
               'alone (' + ('the merge of the views adds to what the larger '
                            'scale gives' if over_scale > 0 else

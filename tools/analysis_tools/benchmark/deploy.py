@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-# the repository: this file is tools/analysis_tools/benchmark/<name>.py
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
+from .machine import (ROOT, command_line, load_average, log, machine_info,
+                      peak_gflops, repo_path)
+
 CASES = {
     'EmbedMask R-50': dict(
         config='configs/embedmask/embedmask_r50-caffe_fpn_8xb2-ms-1x_coco.py',
@@ -34,53 +34,6 @@ CASES = {
         size=(320, 320), warmup=2, reps=10),
 }
 DEMO_CONFIG = CASES['EmbedMask-Lite']['config']
-
-
-def log(msg):
-    print(f'[deploy-bench {time.strftime("%H:%M:%S")}] {msg}', flush=True)
-
-
-# ------------------------------------------------------------------ machine
-def cpu_flags() -> set:
-    with open('/proc/cpuinfo') as f:
-        for line in f:
-            if line.startswith('flags'):
-                return set(line.split(':', 1)[1].split())
-    return set()
-
-
-def peak_gflops() -> dict:
-    """cores x clock x FLOPs/cycle (fp32 FMA lanes x 2 x FMA units; bf16
-    dot-product units double it, AMX tiles ~1024 bf16 FLOPs/cycle/core)."""
-    flags = cpu_flags()
-    with open('/proc/cpuinfo') as f:
-        text = f.read()
-    mhz = max(float(l.split(':')[1]) for l in text.splitlines()
-              if l.startswith('cpu MHz')) if 'cpu MHz' in text else 2000.
-    vendor = 'AMD' if 'AuthenticAMD' in text else 'Intel'
-    cores = len(os.sched_getaffinity(0))
-    if 'avx512f' in flags:
-        # Zen 4 executes 512-bit FMAs on two 256-bit pipes
-        fp32 = 64 if vendor == 'Intel' else 32
-    elif 'avx2' in flags and 'fma' in flags:
-        fp32 = 32
-    else:
-        fp32 = 8
-    bf16 = 1024 if 'amx_bf16' in flags else (
-        2 * fp32 if 'avx512_bf16' in flags else None)
-    # int8 ops (2 per multiply-add): AMX tiles ~2048, VNNI dot products 4x
-    # the fp32 lanes, plain AVX2/AVX-512 (vpmaddubsw + vpmaddwd) ~2x
-    int8_dot = 'amx_int8' in flags or 'avx512_vnni' in flags or \
-        'avx_vnni' in flags
-    int8 = 2048 if 'amx_int8' in flags else 4 * fp32 if int8_dot \
-        else 2 * fp32
-    clock = mhz / 1000
-    return dict(cores=cores, clock_ghz=round(clock, 2), fp32_per_cycle=fp32,
-                bf16_per_cycle=bf16, int8_per_cycle=int8,
-                fp32=cores * clock * fp32,
-                bf16=cores * clock * bf16 if bf16 else None,
-                int8=cores * clock * int8, int8_dot_product=int8_dot,
-                amx='amx_bf16' in flags, avx512_bf16='avx512_bf16' in flags)
 
 
 # -------------------------------------------------------------------- models
@@ -356,7 +309,7 @@ def accuracy_case(checkpoint, data_root, work_dir, has_bf16):
             share_at_least_098=float(np.mean(np.array(ious) >= 0.98))
             if ious else None)
         log(f'agreement: {label}: {agreement[label]}')
-    return dict(checkpoint=osp.relpath(checkpoint, ROOT), ap=out,
+    return dict(checkpoint=repo_path(checkpoint), ap=out,
                 agreement=agreement)
 
 
@@ -387,3 +340,29 @@ def run(data_root: str, checkpoint=None, cases=None, work_dir=None) -> dict:
                 versions=dict(
                     onnxruntime=onnxruntime.__version__,
                     openvino=openvino.__version__, torch=torch.__version__))
+
+
+def demo_checkpoint(checkpoint=None):
+    """``checkpoint``, else `make demo`'s last checkpoint, else None."""
+    pointer = osp.join(ROOT, 'work_dirs/demo/last_checkpoint')
+    if checkpoint is None and osp.isfile(pointer):
+        with open(pointer) as f:
+            checkpoint = f.read().strip()
+    if checkpoint is not None and not osp.isfile(checkpoint):
+        log(f'checkpoint {checkpoint} not found')
+        checkpoint = None
+    return checkpoint
+
+
+def measure_deployment(args) -> dict:
+    """The deployment section, measured now, with its own command line and
+    machine table (``make bench BENCH_ARGS=--only-deploy`` reruns it
+    alone)."""
+    machine = machine_info(['cpu'])
+    start = time.perf_counter()
+    section = run(args.data_root, demo_checkpoint(args.deploy_checkpoint),
+                  work_dir=osp.join(args.work_dir, 'deploy'))
+    machine['load average at end'] = load_average()
+    machine['section wall time'] = \
+        f'{(time.perf_counter() - start) / 60:.1f} min'
+    return dict(command=command_line(), machine=machine, **section)

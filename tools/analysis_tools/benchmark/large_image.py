@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import resource
 import subprocess
 import sys
 import time
@@ -22,17 +21,15 @@ import time
 import numpy as np
 
 HERE = osp.dirname(osp.abspath(__file__))
+if __package__ in (None, ''):  # run as a script (the measured children are)
+    sys.path.insert(0, osp.dirname(osp.dirname(HERE)))
+from analysis_tools.benchmark.machine import peak_rss_mb  # noqa: E402
 # the output size of the large-image case, (height, width)
 LARGE = (3000, 4000)
 # the graph output comparison: an 800x1333 image padded to 1344, 100 dets
 OUTPUT_BYTES_SIZE, OUTPUT_BYTES_DETS = (800, 1344), 100
 PATHS = ('pytorch', 'onnxruntime-compact', 'openvino-compact',
          'onnxruntime-dense')
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(path: str, config: str, model_file: str, image: str,

@@ -1,7 +1,6 @@
 """Timing and memory measurements: interleaved latency, training steps,
 EmbedMask's mask post-processing vs the number of detections."""
 import math
-import resource
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -35,11 +34,6 @@ def current_rss_mb() -> float:
             if line.startswith('VmRSS:'):
                 return int(line.split()[1]) / 1024.
     return float('nan')
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
 
 
 # ---------------------------------------------------------------------- inputs

@@ -24,9 +24,8 @@ import os.path as osp
 import mmdet
 from mmengine.config import Config, ConfigDict
 
-# the repository: this file is tools/analysis_tools/benchmark/<name>.py
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
+from .machine import ROOT
+
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 EMBEDMASK_CONFIGS = {
     'r50': osp.join(ROOT, 'configs/_base_/models/embedmask_r50_fpn.py'),

@@ -11,6 +11,8 @@ from mmengine.runner import Runner
 
 from embedmask_mmdet.utils.tta import use_tta
 
+from .deploy import demo_checkpoint
+from .machine import ROOT, log, machine_info, repo_path
 from .models import LITE0_CONFIG
 
 KEYS = ('bbox_mAP', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75', 'segm_mAP_s',
@@ -67,9 +69,44 @@ def run(data_root: str, checkpoint: str, work_dir: str,
                                   osp.join(work_dir, 'plain_largest'))
     rows['tta'] = _test(use_tta(copy.deepcopy(cfg)), osp.join(work_dir,
                                                              'tta'))
-    return dict(config=osp.relpath(config, osp.dirname(osp.dirname(
-        osp.dirname(osp.dirname(osp.abspath(__file__)))))),
-        checkpoint=checkpoint, test_scale=list(test_scale),
+    return dict(config=repo_path(config),
+        checkpoint=repo_path(checkpoint), test_scale=list(test_scale),
         tta_scales=[list(s) for s in scales], flips=flips,
         views=len(scales) * flips, largest=list(largest), rows=rows,
         merge=cfg.tta_model['type'])
+
+
+def measure_tta(args, results: dict):
+    """EmbedMask-Lite with and without test-time augmentation on the
+    built-in val split (the demo checkpoint; --tiny: the tiny accuracy
+    run's EmbedMask on its tiny data)."""
+    if args.tiny:
+        acc = (results.get('accuracy') or {}).get('models', {})
+        if not acc.get('embedmask'):
+            log('tta: no tiny EmbedMask run to test')
+            return None
+        work = osp.join(ROOT, acc['embedmask']['work_dir'])
+        with open(osp.join(work, 'last_checkpoint')) as f:
+            ckpt = f.read().strip()
+        config = osp.join(work, 'bench_embedmask.py')
+        data_root = osp.join(args.work_dir, 'tiny_data')
+    else:
+        ckpt, config, data_root = demo_checkpoint(args.deploy_checkpoint), \
+            None, args.data_root
+        if ckpt is None:
+            log('tta: no demo checkpoint (run `make demo` or pass '
+                '--deploy-checkpoint): no TTA rows')
+            return None
+    log(f'tta: testing {ckpt} without and with test-time augmentation')
+    start = time.perf_counter()
+    # the tiny run's barely trained model scores under the threshold
+    section = run(data_root, ckpt, osp.join(args.work_dir, 'tta'),
+                  **(dict(config=config, test_cfg=dict(score_thr=0.))
+                     if config else {}))
+    section['machine'] = dict(machine_info(['cpu']), **{
+        'section wall time':
+        f'{(time.perf_counter() - start) / 60:.1f} min'})
+    rows = section['rows']
+    log('  segm mAP ' + ', '.join(f'{k} {v["segm_mAP"]:.3f}'
+                                  for k, v in rows.items()))
+    return section

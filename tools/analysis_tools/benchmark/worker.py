@@ -13,6 +13,7 @@ import traceback
 import torch
 
 from . import measure
+from .machine import peak_rss_mb
 
 PRELOAD = ['analysis_tools.benchmark.worker']
 
@@ -44,7 +45,7 @@ def run_memory(spec: dict, queue) -> None:
         measure.sync(device)
         # ru_maxrss and VmRSS come from per-thread-cached counters that can
         # disagree by a few pages: the peak is at least any RSS read
-        out = dict(peak_rss_mb=max(measure.peak_rss_mb(),
+        out = dict(peak_rss_mb=max(peak_rss_mb(),
                                    measure.current_rss_mb(), rss_built),
                    rss_built_mb=rss_built)
         if device.startswith('cuda'):
