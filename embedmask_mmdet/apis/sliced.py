@@ -209,6 +209,12 @@ class EmbedMaskSlicedInferencer:
         if scale not in SCALES:
             raise ValueError(f'EmbedMaskSlicedInferencer: scale must be one '
                              f'of {SCALES}, got {scale!r}')
+        if self.model.bbox_head.settings.candidate_rule == 'mmdet':
+            raise ValueError(
+                "EmbedMaskSlicedInferencer: test_cfg candidate_rule 'mmdet' "
+                "(mmdet's CondInst path) selects on its own grid; set "
+                "model.test_cfg.candidate_rule='adelaidet' (or 'fcos_repo') "
+                'in the config')
         stride = self.model.mask_head.prob_stride
         if ALIGN % stride:
             raise ValueError(
