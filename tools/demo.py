@@ -4,6 +4,7 @@ results.
     python tools/demo.py IMAGE_OR_DIR CONFIG CHECKPOINT --out-dir DIR
         [--score-thr 0.3] [--device cuda:0|cpu] [--limit N] [--amp]
         [--channels-last] [--json none|rle|polygon] [--show]
+        [--slice H W [--overlap 0.25]]
     python tools/demo.py VIDEO|CAMERA_INDEX|URL CONFIG CHECKPOINT
         [--out-video OUT.mp4] [--show] [--max-frames N]
         [--json none|rle|polygon --out-dir DIR] [--track] [...]
@@ -31,6 +32,12 @@ box IoU and the margin-weighted distance of the detections' embeddings) and
 draws them with mmdet's TrackLocalVisualizer: colour by ID, the ID after the
 class name.
 
+``--slice H W`` predicts in tiles of H x W image pixels overlapping by
+``--overlap`` (images and frames), masks joined across tiles: the tiles'
+pixel embeddings stitched into one map, one NMS
+(embedmask_mmdet.apis.EmbedMaskSlicedInferencer, see
+docs/large_images_and_video.md).
+
 ``--amp`` (bf16 autocast on a CPU, fp16 on a GPU) and ``--channels-last``
 (NHWC) are the fast CPU inference switches. Masks agree with fp32: the mean
 IoU is >= 0.99; the figures are in docs/deployment.md.
@@ -46,13 +53,15 @@ import os
 import os.path as osp
 import sys
 from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 import torch
 from mmdet.apis import inference_detector, init_detector
 from mmdet.registry import VISUALIZERS
 
-from embedmask_mmdet.apis import (EmbeddingTracker, amp_dtype,
+from embedmask_mmdet.apis import (EmbeddingTracker,
+                                  EmbedMaskSlicedInferencer, amp_dtype,
                                   is_video_source, open_capture, run_video,
                                   source_name, use_channels_last)
 from embedmask_mmdet.utils import (UnreadableImage, image_result, list_images,
@@ -198,6 +207,12 @@ def parse_args(argv=None):
     parser.add_argument('--track', action='store_true',
                         help='video input: instance IDs across frames, drawn '
                         'as colours and numbers')
+    parser.add_argument('--slice', type=int, nargs=2, metavar=('H', 'W'),
+                        help='predict in tiles of H x W image pixels, masks '
+                        'joined across tiles (sliced inference)')
+    parser.add_argument('--overlap', type=float, default=0.25,
+                        help='with --slice: least share of a tile shared '
+                        'with each neighbour')
     return parser.parse_args(argv)
 
 
@@ -223,6 +238,13 @@ def main(argv=None):
     visualizer = VISUALIZERS.build(model.cfg.visualizer)
     visualizer.dataset_meta = model.dataset_meta
     classes = model.dataset_meta.get('classes')
+    infer = partial(inference_detector, model)
+    if args.slice:
+        try:
+            infer = EmbedMaskSlicedInferencer(
+                model, slice_size=args.slice, overlap=args.overlap)
+        except ValueError as e:
+            sys.exit(f'error: --slice: {e}')
 
     if video:
         tracker = None
@@ -234,7 +256,7 @@ def main(argv=None):
 
         def predict(frame):
             with context:
-                sample = inference_detector(model, frame)
+                sample = infer(frame)
             if tracker is not None:
                 sample.pred_track_instances = tracker.track(sample)
             return sample
@@ -252,7 +274,7 @@ def main(argv=None):
             skipped.append(path)
             continue
         with context:
-            result = inference_detector(model, img[..., ::-1].copy())
+            result = infer(img[..., ::-1].copy())
         write_image_outputs(args, visualizer, path, img, result, classes)
     print(f'{len(images) - len(skipped)} images processed, {len(skipped)} '
           f'skipped' + (': ' + ', '.join(skipped) if skipped else ''))
