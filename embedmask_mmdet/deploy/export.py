@@ -95,6 +95,19 @@ MASK_CONTRACT_NOTES = {
 }
 
 
+def fold_weight_arithmetic(model) -> None:
+    """Folds arithmetic on weights into plain initializers, in place (an
+    ``onnx_ir`` model). The exporter folds constants only up to 8192
+    elements, so ``log_margin_conv``'s weight / ``margin_reduce_factor``
+    stays a Div feeding the conv; INT8 quantizers (NNCF) recognise a conv's
+    weight only as an initializer. Float32 division either way: the same
+    values."""
+    from onnxscript import optimizer
+    limit = 1 << 24  # elements: larger than any weight of the models
+    optimizer.optimize(model, num_iterations=1, input_size_limit=limit,
+                       output_size_limit=limit)
+
+
 def export_onnx(config, checkpoint: str, out: str,
                 shape: Optional[Sequence[int]] = None, max_dets: int = 100,
                 opset: Optional[int] = None, model=None,
@@ -148,6 +161,7 @@ def export_onnx(config, checkpoint: str, out: str,
             input_names=INPUT_NAMES, output_names=list(MASK_CONTRACTS[masks]),
             opset_version=opset,
             custom_translation_table=onnx_translation_table(), verbose=False)
+    fold_weight_arithmetic(program.model)
     meta = program.model.metadata_props
     meta[META_CONFIG] = cfg.pretty_text
     classes = (getattr(model, 'dataset_meta', None) or {}).get('classes')
