@@ -230,8 +230,8 @@ class EmbedMaskBboxHead(EmbedMaskBboxLossMixin, EmbedMaskBboxPredictMixin,
                 stride=conv.stride, padding=conv.padding,
                 dilation=conv.dilation, groups=conv.groups,
                 bias=conv.bias is not None))
-        # CondInst's dynamic-parameter 'controller' is EmbedMask's proposal
-        # embedding/margin head; checkpoints with the old key still load
+        # in CondInst's place of the dynamic-parameter 'controller': the
+        # proposal embedding/margin head
         self.embedding_head = ProposalEmbeddingHead(
             self.feat_channels, self.embed_dim, self.proposal_head,
             self.margin_type, self.prior_margin, self.margin_reduce_factor,
@@ -241,15 +241,6 @@ class EmbedMaskBboxHead(EmbedMaskBboxLossMixin, EmbedMaskBboxPredictMixin,
         self.margin_scales = nn.ModuleList(
             [Scale(1.0) for _ in self.strides]) \
             if self.margin_type == 'per_dim' else None
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before the rename call the embedding head
-        # 'controller' (CondInst's name)
-        old = prefix + 'controller.'
-        for key in [k for k in state_dict if k.startswith(old)]:
-            state_dict[prefix + 'embedding_head.' + key[len(old):]] = \
-                state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tuple[Tensor]) -> Tuple[List[Tensor], ...]:
         """Returns cls scores, bbox preds, centernesses and param preds

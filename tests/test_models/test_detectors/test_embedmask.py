@@ -298,19 +298,6 @@ def test_channels_last_same_losses_gradients_and_predictions():
         assert (a.masks != b.masks).float().mean() < 1e-3
 
 
-def test_checkpoints_with_condinst_controller_key_still_load(model):
-    """The box head's embedding head was 'controller' (CondInst's name)
-    before; such state dicts load strictly onto 'embedding_head'."""
-    state = {k.replace('bbox_head.embedding_head.', 'bbox_head.controller.'): v
-             + 1 for k, v in model.state_dict().items()}
-    assert any('.controller.' in k for k in state)
-    fresh = MODELS.build(tiny_model_cfg())
-    fresh.load_state_dict(state, strict=True)
-    got = fresh.bbox_head.embedding_head.embed_conv.weight
-    want = model.bbox_head.embedding_head.embed_conv.weight + 1
-    assert torch.equal(got, want)
-
-
 def test_compile_feat_keeps_outputs_keys_and_deepcopy():
     """compile_feat runs backbone + neck through torch.compile (the 'eager'
     backend here: the wiring, not inductor): the same features, the same
