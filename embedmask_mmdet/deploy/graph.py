@@ -5,9 +5,15 @@ that ``torch.export`` (and from it ONNX) can capture all of it.
 
 It runs the detector's own modules and formulas (``extract_feat``, the two
 heads' ``forward``, ``proposal_embedding``, ``mask_probability``,
-``upsample_prob``, ``window``, ``pixel_embedding_at``'s arithmetic); only the candidate
-selection and NMS, which mmdet writes with boolean indexing, are restated
-here as fixed-size tensor code with the same results.
+``mask_prob_at_out_stride``, ``window``). Restated here, because the model
+writes them with boolean indexing or data-dependent loops that an exported
+graph cannot hold: the candidate selection of the three candidate rules and
+NMS (fixed-size tensor code, the ONNX NonMaxSuppression op); and, for
+``masks='dense'`` only, where p is placed at the input size (``_upsample``,
+``aligned_bilinear``) and the 'embedding' resample's arithmetic of
+``EmbedMaskMaskHead.pixel_embedding_at``. The compact contract restates no
+mask code: the runtime calls the mask head's own ``predict_by_feat``.
+docs/design.md names the tests that hold each restatement to the model.
 
 Shapes: K candidates, N detections, C classes, D embedding dimensions,
 (H, W) the padded input, (h, w) the pixel-embedding grid at ``prob_stride``.
