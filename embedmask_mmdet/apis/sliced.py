@@ -63,6 +63,12 @@ every tile fall on one grid. The box head's coarse levels (P6, P7) need
 not align: their locations are decoded per tile from their own points.
 The candidate rule 'mmdet' (mmdet's CondInst path) is not supported; the
 configs here use 'adelaidet' or 'fcos_repo'.
+
+A class of its own rather than an option of ``EmbedMaskInferencer``:
+``DetInferencer`` runs ``model.test_step`` on collated batches of images,
+while slicing batches the tiles of one image and needs the whole image's
+meta information between the heads; ``tools/demo.py`` (``init_detector``)
+and the SAHI comparison call a plain ``sliced(img) -> DetDataSample``.
 """
 import copy
 import math
