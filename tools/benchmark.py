@@ -32,6 +32,8 @@ import torch  # noqa: E402
 
 from analysis_tools.benchmark import accuracy, measure, models  # noqa: E402
 from analysis_tools.benchmark.accuracy import measure_accuracy  # noqa: E402
+from analysis_tools.benchmark.beyond import \
+    measure_large_images_and_video  # noqa: E402
 from analysis_tools.benchmark.deploy import measure_deployment  # noqa: E402
 from analysis_tools.benchmark.machine import (command_line,  # noqa: E402
                                               load_average, log,
@@ -114,6 +116,14 @@ def parse_args(argv=None):
                    help='measure only the deployment section (PyTorch fp32 / '
                    'channels_last / bf16, ONNX Runtime, OpenVINO) and merge '
                    'it into the existing --out page and .json')
+    p.add_argument('--only-large-images-video', action='store_true',
+                   help='measure only the large-images and video section '
+                   '(plain / SAHI / sliced inference on generated large '
+                   'images; instance IDs on synthetic videos) and merge it '
+                   'into the existing --out page and .json')
+    p.add_argument('--skip-large-images-video', action='store_true',
+                   help='leave the large-images and video section out '
+                   '(--tiny does)')
     p.add_argument('--skip-deploy', action='store_true',
                    help='leave the deployment section out (--tiny does)')
     p.add_argument('--deploy-checkpoint', default=None,
@@ -191,6 +201,19 @@ def main(argv=None):
         files = write_report(results, args.out)
         log(f'wrote the TTA rows into {", ".join(files)}')
         return
+    if args.only_large_images_video:
+        json_path = osp.splitext(args.out)[0] + '.json'
+        results = load_results(json_path) if osp.isfile(json_path) else \
+            dict(meta=dict(command='(not run)', machine={}, models_desc=''),
+                 speed={}, accuracy=None)
+        measure.register()
+        results['large_images_video'] = measure_large_images_and_video(args)
+        with open(json_path, 'w') as f:
+            json.dump(results, f, indent=1, default=str)
+        files = write_report(results, args.out)
+        log(f'wrote the large-images and video section into '
+            f'{", ".join(files)}')
+        return
     if args.only_deploy:
         json_path = osp.splitext(args.out)[0] + '.json'
         results = load_results(json_path) if osp.isfile(json_path) else \
@@ -233,6 +256,9 @@ def main(argv=None):
             save()
     if not (args.skip_deploy or args.tiny):
         results['deployment'] = measure_deployment(args)
+        save()
+    if not (args.skip_large_images_video or args.tiny):
+        results['large_images_video'] = measure_large_images_and_video(args)
         save()
     results['meta']['machine']['load average at end'] = load_average()
     results['meta']['machine']['benchmark wall time'] = \

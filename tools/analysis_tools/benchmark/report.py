@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from .accuracy_report import render_accuracy
 from .batch_tta_report import batch_ratio, render_batch, render_tta
+from .beyond import render_large_images_and_video
 from .deploy_report import render_deployment
 from .fmt import num, ratio, table
 from .machine import parse_size
@@ -143,6 +144,7 @@ def write_report(results: dict, out_path: str) -> List[str]:
     lines += render_tta(results.get('tta'))
     if results.get('deployment'):
         lines += render_deployment(results['deployment'])
+    lines += render_large_images_and_video(results.get('large_images_video'))
     lines += targets_table()
     with open(out_path, 'w') as f:
         f.write('\n'.join(lines))
