@@ -187,44 +187,33 @@ def parse_args(argv=None):
     return args
 
 
+def merge_section(args, key: str, measure_fn, what: str) -> None:
+    """--only-*: measures one section and merges it into the existing
+    --out page and .json (a fresh page when there is none)."""
+    json_path = osp.splitext(args.out)[0] + '.json'
+    results = load_results(json_path) if osp.isfile(json_path) else \
+        dict(meta=dict(command='(not run)', machine={}, models_desc=''),
+             speed={}, accuracy=None)
+    measure.register()
+    results[key] = measure_fn(args, results)
+    with open(json_path, 'w') as f:
+        json.dump(results, f, indent=1, default=str)
+    files = write_report(results, args.out)
+    log(f'wrote {what} into {", ".join(files)}')
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if args.only_tta:
-        json_path = osp.splitext(args.out)[0] + '.json'
-        results = load_results(json_path) if osp.isfile(json_path) else \
-            dict(meta=dict(command='(not run)', machine={}, models_desc=''),
-                 speed={}, accuracy=None)
-        measure.register()
-        results['tta'] = measure_tta(args, results)
-        with open(json_path, 'w') as f:
-            json.dump(results, f, indent=1, default=str)
-        files = write_report(results, args.out)
-        log(f'wrote the TTA rows into {", ".join(files)}')
-        return
-    if args.only_large_images_video:
-        json_path = osp.splitext(args.out)[0] + '.json'
-        results = load_results(json_path) if osp.isfile(json_path) else \
-            dict(meta=dict(command='(not run)', machine={}, models_desc=''),
-                 speed={}, accuracy=None)
-        measure.register()
-        results['large_images_video'] = measure_large_images_and_video(args)
-        with open(json_path, 'w') as f:
-            json.dump(results, f, indent=1, default=str)
-        files = write_report(results, args.out)
-        log(f'wrote the large-images and video section into '
-            f'{", ".join(files)}')
-        return
-    if args.only_deploy:
-        json_path = osp.splitext(args.out)[0] + '.json'
-        results = load_results(json_path) if osp.isfile(json_path) else \
-            dict(meta=dict(command='(not run)', machine={}, models_desc=''),
-                 speed={}, accuracy=None)
-        results['deployment'] = measure_deployment(args)
-        with open(json_path, 'w') as f:
-            json.dump(results, f, indent=1, default=str)
-        files = write_report(results, args.out)
-        log(f'wrote the deployment section into {", ".join(files)}')
-        return
+    for only, key, measure_fn, what in (
+            (args.only_tta, 'tta', measure_tta, 'the TTA rows'),
+            (args.only_deploy, 'deployment',
+             lambda a, _: measure_deployment(a), 'the deployment section'),
+            (args.only_large_images_video, 'large_images_video',
+             lambda a, _: measure_large_images_and_video(a),
+             'the large-images and video section')):
+        if only:
+            merge_section(args, key, measure_fn, what)
+            return
     if args.report_from:
         files = write_report(load_results(args.report_from), args.out)
         log(f'wrote {", ".join(files)} from {args.report_from}')
