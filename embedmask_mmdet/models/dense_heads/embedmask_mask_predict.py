@@ -255,10 +255,7 @@ class EmbedMaskMaskPredictMixin:
             real = valid[:, i:i + chunk]
             masks[rows[:, i:i + chunk][real]] = prob[real] > threshold
         if boxes is not None:
-            chunk = chunk_size(max_elements, out_shape[0] * out_shape[1])
-            for i in range(0, len(masks), chunk):
-                crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
-                                    box_padding)
+            crop_masks_to_boxes(masks, boxes, box_padding, max_elements)
         return list(masks.split(counts))
 
     def pixel_embedding_at(self, pixel_embed: Tensor, img_shape: Tuple[int, int],

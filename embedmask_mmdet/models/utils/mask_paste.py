@@ -107,7 +107,8 @@ def window_log_prob(log_prob: Tensor, boxes: Tensor, stride: int,
     return torch.where(inside, log_prob, log_prob.new_tensor(fill))
 
 
-def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
+def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float,
+                        max_elements: Optional[int] = None) -> Tensor:
     """Clears (in place) mask pixels farther than ``padding`` outside their
     box; masks (N, H, W) bool, boxes (N, 4) in the masks' coordinates.
 
@@ -119,16 +120,22 @@ def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
         boxes (Tensor): Boxes (N, 4) as (x1, y1, x2, y2) in pixels of the
             masks.
         padding (float): Margin around each box, in pixels.
+        max_elements (int, optional): Mask pixels per chunk of masks (the
+            in-box map is as large as the chunk); None: all at once.
 
     Returns:
         Tensor: ``masks`` itself, (N, H, W) bool.
     """
     ys = torch.arange(masks.size(1), device=masks.device) + 0.5
     xs = torch.arange(masks.size(2), device=masks.device) + 0.5
-    b = boxes[:, :, None]
-    in_y = (ys >= b[:, 1] - padding) & (ys <= b[:, 3] + padding)
-    in_x = (xs >= b[:, 0] - padding) & (xs <= b[:, 2] + padding)
-    masks &= in_y[:, :, None] & in_x[:, None, :]
+    step = len(masks) if max_elements is None else \
+        chunk_size(max_elements, masks.size(1) * masks.size(2))
+    for i in range(0, len(masks), max(step, 1)):
+        b = boxes[i:i + step, :, None]
+        in_y = (ys >= b[:, 1] - padding) & (ys <= b[:, 3] + padding)
+        in_x = (xs >= b[:, 0] - padding) & (xs <= b[:, 2] + padding)
+        chunk = masks[i:i + step]  # a view: cleared in place
+        chunk &= in_y[:, :, None] & in_x[:, None, :]
     return masks
 
 
@@ -317,9 +324,7 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
             masks[sel] = resample_to_output(prob[sel], stride, img_shape,
                                             out_shape) > threshold
     if boxes is not None:
-        for i in range(0, num, chunk):
-            crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
-                                box_padding)
+        crop_masks_to_boxes(masks, boxes, box_padding, max_elements)
     return masks
 
 
@@ -430,10 +435,7 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
         _paste_aligned_spans(prob.float(), stride, img_shape, out_shape,
                              threshold, masks)
     if boxes is not None:
-        chunk = chunk_size(max_elements, out_shape[0] * out_shape[1])
-        for i in range(0, num, chunk):
-            crop_masks_to_boxes(masks[i:i + chunk], boxes[i:i + chunk],
-                                box_padding)
+        crop_masks_to_boxes(masks, boxes, box_padding, max_elements)
     return masks
 
 

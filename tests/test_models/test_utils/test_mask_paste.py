@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import embedmask_mmdet  # noqa: F401  (registers the heads and the loss)
-from embedmask_mmdet.models.utils.mask_paste import \
-    paste_masks
+from embedmask_mmdet.models.utils.mask_paste import (crop_masks_to_boxes,
+                                                     paste_masks)
 
 
 def bilinear_reference(prob, stride, img_shape, out_shape):
@@ -127,3 +127,26 @@ def test_paste_masks_batched_regions_many_detections(max_elements):
                              max_elements=max_elements, regions=True)
         assert whole.flatten(1).any(dim=1).all()  # torch 2.1: one dim
         assert torch.equal(region, whole)
+
+
+@pytest.mark.parametrize('max_elements', [None, 1, 13 * 17 * 3, 10**9])
+def test_crop_masks_to_boxes_matches_pixel_loop(max_elements):
+    """The crop, whole or in chunks of masks (one mask, three, all):
+    a pixel stays foreground iff its centre lies in the box widened by the
+    padding, checked pixel by pixel; masks are cleared in place."""
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(7, 13, 17, generator=g) > 0.3
+    boxes = torch.rand(7, 4, generator=g) * 12
+    boxes[:, 2:] += boxes[:, :2]
+    pad = 1.5
+    expected = masks.clone()
+    for n, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        for i in range(13):
+            for j in range(17):
+                if not (x1 - pad <= j + 0.5 <= x2 + pad and
+                        y1 - pad <= i + 0.5 <= y2 + pad):
+                    expected[n, i, j] = False
+    got = masks.clone()
+    out = crop_masks_to_boxes(got, boxes, pad, max_elements)
+    assert out is got and torch.equal(got, expected)
+    assert expected.sum() < masks.sum()  # the boxes do crop
