@@ -79,9 +79,9 @@ def test_generated_json_loads_and_is_deterministic(tmp_path):
     generate_large_synthetic_coco(b, 2, seed=1, size=(576, 576),
                                   logger=None)
     ann = osp.join('annotations', 'instances.json')
-    with open(osp.join(a, ann), 'rb') as fa, open(osp.join(b, ann),
-                                                 'rb') as fb:
-        assert fa.read() == fb.read()
+    with open(osp.join(a, ann), 'rb') as fa:
+        with open(osp.join(b, ann), 'rb') as fb:
+            assert fa.read() == fb.read()
     coco = COCO(osp.join(a, ann))
     assert len(coco.getImgIds()) == 2
     assert len(coco.getAnnIds()) == stats['instances'] > 0
@@ -201,9 +201,33 @@ def test_sliced_eval_smoke(tmp_path):
             assert 0.0 <= r[key] <= 1.0
         assert r['seconds_per_image'] > 0
         assert 0 <= r['split_objects'] <= r['multi_detected_objects']
+        assert 0 <= r['split_inside_no_tile'] <= r['split_objects']
     assert result['data']['images'] == 1
     assert result['data']['instances'] > 0
     json.dumps(result)
     text = sliced_eval.render(result)
     assert text.count('\n| ') == len(names) + 1
-    assert '| split objects |' in text and 'Pieces, > 1 detection' in text
+    assert '| split objects (of them inside no tile) |' in text
+    assert 'Pieces, > 1 detection, split' in text
+
+
+def test_sahi_unrepresentable_masks_dropped():
+    """SAHI 0.12.8 raises on a non-empty mask with no outline of >= 3
+    points; the wrapper drops exactly those (empty masks SAHI skips)."""
+    pytest.importorskip('sahi')
+    from analysis_tools.sliced_eval_methods import _drop_unrepresentable
+    from sahi.prediction import ObjectPrediction
+    from sahi.utils.cv import get_coco_segmentation_from_bool_mask
+    square, line, empty = (np.zeros((40, 40), bool) for _ in range(3))
+    square[5:15, 5:15] = True
+    line[20, 5:30] = True
+    with pytest.raises(ValueError, match='Invalid segmentation'):
+        ObjectPrediction(bbox=[5, 20, 30, 21], category_id=0, score=0.9,
+                         segmentation=get_coco_segmentation_from_bool_mask(
+                             line), category_name='x', full_shape=[40, 40])
+    pred = dict(labels=[0, 1, 2], scores=[0.9, 0.8, 0.7],
+                bboxes=[[5, 5, 15, 15], [5, 20, 30, 21], [0, 0, 1, 1]],
+                masks=[_rle(square), _rle(line), _rle(empty)])
+    _drop_unrepresentable(pred)
+    assert pred['labels'] == [0, 2] and pred['scores'] == [0.9, 0.7]
+    assert len(pred['bboxes']) == len(pred['masks']) == 2

@@ -27,7 +27,6 @@ excluded; one warm-up call each first) and split objects
 import argparse
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import os
@@ -45,13 +44,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, osp.join(ROOT, 'tools')):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from embedmask_mmdet.datasets.synthetic_large import (  # noqa: E402
     generate_large_synthetic_coco, inside_no_tile)
-from embedmask_mmdet.utils.result_formats import (  # noqa: E402
-    instances_to_coco_results, xyxy_to_xywh)
+from analysis_tools.sliced_eval_methods import (  # noqa: E402
+    PlainPredictor, SahiPredictor, SlicedPredictor)
 
 DEFAULT_CONFIG = osp.join(
     ROOT, 'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py')
@@ -91,6 +91,7 @@ ROW_NOTES = {
                      'mask evaluated once on the stitched map; max_per_img '
                      f'raised to {MAX_DETS[-1]}',
 }
+
 
 # ------------------------------------------------------------------ metrics
 def _areas(rles: List[dict]) -> np.ndarray:
@@ -156,126 +157,6 @@ def coco_ap(gt: COCO, results: List[dict], iou_type: str) -> Dict[str, float]:
                 AP_s=max(float(ev.stats[3]), 0.0))
 
 
-# ------------------------------------------------------------------ methods
-class PlainPredictor:
-    """The whole image through the config's test pipeline."""
-
-    def __init__(self, config: str, checkpoint: str, device: str,
-                 max_per_img: int):
-        from mmdet.apis import init_detector
-        from mmengine.config import Config
-        cfg = Config.fromfile(config)
-        cfg.model.test_cfg.max_per_img = max_per_img
-        self.model = init_detector(cfg, checkpoint, device=device)
-
-    def __call__(self, img_bgr: np.ndarray):
-        from mmdet.apis import inference_detector
-        return inference_detector(self.model, img_bgr)
-
-    @staticmethod
-    def to_coco(sample, image_id: int, cat_ids) -> Tuple[list, list]:
-        return instances_to_coco_results(sample.pred_instances, image_id,
-                                         cat_ids)
-
-
-class SlicedPredictor(PlainPredictor):
-    """``EmbedMaskSlicedInferencer`` (stitched pixel embeddings)."""
-
-    def __init__(self, config: str, checkpoint: str, device: str,
-                 slice_size: Tuple[int, int], overlap: float,
-                 batch_size: int):
-        from embedmask_mmdet.apis.sliced import EmbedMaskSlicedInferencer
-        self.inferencer = EmbedMaskSlicedInferencer(
-            config, checkpoint, slice_size=slice_size[::-1], overlap=overlap,
-            batch_size=batch_size, device=device,
-            cfg_options={'model.test_cfg.max_per_img': MAX_DETS[-1]})
-
-    def __call__(self, img_bgr: np.ndarray):
-        return self.inferencer(img_bgr)
-
-
-class SahiPredictor:
-    """SAHI's sliced prediction with its mmdet wrapper on our model.
-
-    ``MmdetDetectionModel`` builds our config as it is (the config's
-    ``custom_imports`` registers EmbedMask). The subclass below only caches
-    each tile's raw model output so that several merge settings run on one
-    inference pass; the cached model time is added back to every setting's
-    seconds per image.
-    """
-
-    def __init__(self, config: str, checkpoint: str, device: str,
-                 slice_size: Tuple[int, int], overlap: float,
-                 confidence: float, postprocess: str, metric: str,
-                 shared: Optional['SahiPredictor'] = None):
-        from sahi.models.mmdet import MmdetDetectionModel
-
-        class CachedMmdetModel(MmdetDetectionModel):
-            cache: dict = {}
-            credit = [0.0]
-
-            def perform_inference(self, image):
-                arr = np.ascontiguousarray(image)
-                key = (arr.shape, hashlib.blake2b(arr.data).digest())
-                hit = self.cache.get(key)
-                if hit is None:
-                    start = time.perf_counter()
-                    super().perform_inference(image)
-                    spent = time.perf_counter() - start
-                    self.cache[key] = (copy.deepcopy(
-                        self._original_predictions), spent)
-                else:
-                    self._original_predictions = copy.deepcopy(hit[0])
-                    self.credit[0] += hit[1]
-
-        if shared is not None:
-            self.model = shared.model
-            self.model.confidence_threshold = confidence
-        else:
-            self.model = CachedMmdetModel(
-                model_path=checkpoint, config_path=config, device=device,
-                confidence_threshold=confidence, load_at_init=True)
-        self.confidence = confidence
-        self.kwargs = dict(
-            slice_height=slice_size[1], slice_width=slice_size[0],
-            overlap_height_ratio=overlap, overlap_width_ratio=overlap,
-            postprocess_type=postprocess, postprocess_match_metric=metric,
-            postprocess_match_threshold=0.5, force_postprocess_type=True,
-            verbose=0)
-
-    def __call__(self, img_bgr: np.ndarray):
-        from sahi.predict import get_sliced_prediction
-        self.model.confidence_threshold = self.confidence
-        # SAHI takes RGB arrays (its mmdet wrapper flips them back to BGR)
-        return get_sliced_prediction(
-            np.ascontiguousarray(img_bgr[:, :, ::-1]), self.model,
-            confidence_threshold=self.confidence, **self.kwargs)
-
-    def cached_seconds(self) -> float:
-        return self.model.credit[0]
-
-    @staticmethod
-    def to_coco(result, image_id: int, cat_ids) -> Tuple[list, list]:
-        h, w = result.image_height, result.image_width
-        bbox, segm = [], []
-        for op in result.object_prediction_list:
-            entry = dict(image_id=image_id,
-                         bbox=xyxy_to_xywh(op.bbox.to_xyxy()),
-                         score=float(op.score.value),
-                         category_id=int(cat_ids[op.category.id]))
-            bbox.append(entry)
-            polys = [p for p in (op.mask.segmentation if op.mask else [])
-                     if len(p) >= 6]
-            if polys:
-                rle = mask_util.merge(mask_util.frPyObjects(polys, h, w))
-            else:
-                rle = mask_util.encode(np.zeros((h, w, 1), np.uint8,
-                                                order='F'))[0]
-            rle['counts'] = rle['counts'].decode()
-            segm.append(dict(entry, segmentation=rle))
-        return bbox, segm
-
-
 # -------------------------------------------------------------------- run
 def cpu_name() -> str:
     try:
@@ -330,7 +211,7 @@ def _methods(names, config, checkpoint, device, slice_size, overlap,
             elif name == 'sliced':
                 built['sliced (ours)'] = SlicedPredictor(
                     config, checkpoint, device, slice_size, overlap,
-                    batch_size)
+                    batch_size, MAX_DETS[-1])
             else:
                 raise ValueError(f'unknown method {name!r}: choose from '
                                  'plain, sahi, sliced')
@@ -390,6 +271,9 @@ def _run(config, checkpoint, data_dir, num_images, size, seed, slice_size,
         images.append((i, img))
     gt_rles = {i: [gt.annToRLE(a) for a in gt.loadAnns(gt.getAnnIds(
         imgIds=[i]))] for i in img_ids}
+    cut = {i: inside_no_tile(
+        [a['bbox'] for a in gt.loadAnns(gt.getAnnIds(imgIds=[i]))],
+        tuple(size), tuple(slice_size), overlap) for i in img_ids}
     bboxes = [a['bbox'] for a in gt.loadAnns(gt.getAnnIds())]
     data = dict(images=len(images), instances=len(bboxes),
                 size=list(size),
@@ -401,14 +285,14 @@ def _run(config, checkpoint, data_dir, num_images, size, seed, slice_size,
                                   tuple(slice_size), overlap, batch_size,
                                   score_thr)
     # warm-up on a corner (one call per model, not timed)
-    corner = np.ascontiguousarray(images[0][1][:2 * slice_size[1],
-                                              :2 * slice_size[0]])
+    corner = np.ascontiguousarray(
+        images[0][1][:2 * slice_size[1], :2 * slice_size[0]])
     for method in built.values():
         method(corner)
     rows = []
     for name, method in built.items():
         bbox_res, segm_res, seconds, n_det = [], [], 0.0, 0
-        n_multi = n_split = 0
+        n_multi = n_split = n_split_cut = 0
         credit0 = method.cached_seconds() if hasattr(
             method, 'cached_seconds') else 0.0
         for image_id, img in images:
@@ -424,6 +308,7 @@ def _run(config, checkpoint, data_dir, num_images, size, seed, slice_size,
                 [s['score'] for s in segm], split_score_thr)
             n_multi += int((per_obj['pieces'] >= 2).sum())
             n_split += int(per_obj['split'].sum())
+            n_split_cut += int((per_obj['split'] & cut[image_id]).sum())
             del out
         if hasattr(method, 'cached_seconds'):
             seconds += method.cached_seconds() - credit0
@@ -434,7 +319,8 @@ def _run(config, checkpoint, data_dir, num_images, size, seed, slice_size,
                          seconds_per_image=seconds / len(images),
                          detections_per_image=n_det / len(images),
                          multi_detected_objects=n_multi,
-                         split_objects=n_split))
+                         split_objects=n_split,
+                         split_inside_no_tile=n_split_cut))
     return dict(
         settings=dict(config=_shown(config), checkpoint=_shown(checkpoint),
                       slice_size=list(slice_size), overlap=overlap,
@@ -492,20 +378,22 @@ def render(result: dict) -> str:
         f'{result["cpu"]}, {s["device"]}, {s["torch_threads"]} torch '
         'threads.', '',
         '| method | segm AP | segm AP_s | bbox AP | s / image | '
-        'detections / image | objects with > 1 detection | split objects |',
+        'detections / image | objects with > 1 detection | split objects '
+        '(of them inside no tile) |',
         '|---|---|---|---|---|---|---|---|']
     for r in result['rows']:
         lines.append(
             f'| {r["method"]} | {r["segm_AP"]:.3f} | {r["segm_AP_s"]:.3f} | '
             f'{r["bbox_AP"]:.3f} | {r["seconds_per_image"]:.2f} | '
             f'{r["detections_per_image"]:.0f} | '
-            f'{r["multi_detected_objects"]} | {r["split_objects"]} |')
+            f'{r["multi_detected_objects"]} | {r["split_objects"]} '
+            f'({r["split_inside_no_tile"]}) |')
     for name, why in result.get('unavailable', {}).items():
         lines.append(f'| {name} | not run: {why} | | | | | | |')
     lines += [''] + [f'- {name}: {text.format(**s)}'
                      for name, text in ROW_NOTES.items()
                      if any(r['method'] == name for r in result['rows'])]
-    lines += ['', 'Pieces, > 1 detection and split: ' + SPLIT_DEFINITION.format(
+    lines += ['', 'Pieces, > 1 detection, split: ' + SPLIT_DEFINITION.format(
         thr=s['split_score_thr'], inside=SPLIT_MIN_INSIDE,
         cover=SPLIT_MIN_COVER, pair=SPLIT_MAX_PAIR_IOU) + '.', '']
     lines += verdict(result)
