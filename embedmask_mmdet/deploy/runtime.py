@@ -15,7 +15,7 @@ import logging
 import os
 import os.path as osp
 import warnings
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -90,10 +90,7 @@ class _OnnxRuntimeSession:
         """The model's ``metadata_props``."""
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def __call__(self, image: np.ndarray, img_shape: np.ndarray):
-        feed = {'image': image}
-        if self.feeds_img_shape:
-            feed['img_shape'] = img_shape
+    def __call__(self, feed: Dict[str, np.ndarray]):
         return self.session.run(self.output_names, feed)
 
 
@@ -126,10 +123,7 @@ class _OpenVINOSession:
             name for port in model.inputs for name in port.get_names()}
         self.output_names = [port.get_any_name() for port in model.outputs]
 
-    def __call__(self, image: np.ndarray, img_shape: np.ndarray):
-        feed = {'image': image}
-        if self.feeds_img_shape:
-            feed['img_shape'] = img_shape
+    def __call__(self, feed: Dict[str, np.ndarray]):
         # no copies of the outputs: the caller reads them before the next
         # inference
         res = self.request.infer(feed, share_inputs=True, share_outputs=True)
@@ -234,10 +228,25 @@ class EmbedMaskONNXModel:
         return Compose(steps)
 
     # ------------------------------------------------------------- inference
-    def run_graph(self, image: np.ndarray, img_shape) -> list:
-        """Raw graph outputs (``MASK_CONTRACTS[self.mask_contract]``) for
-        one preprocessed (1, 3, H, W) float32 image whose un-padded size is
-        ``img_shape``."""
+    def prepare(self, item: ImageInput) -> dict:
+        """One image (a path, or an (H, W, 3) BGR uint8 array) through the
+        config's test pipeline: a batch of one as the test dataloader gives
+        it (``inputs``, ``data_samples``), what :meth:`predict_batch` takes.
+        Raises ``UnreadableImage`` (a ``ValueError``) naming a file that
+        cannot be read."""
+        path = item if isinstance(item, str) else None
+        img = read_image(item) if path is not None else item
+        data = self.pipeline(dict(img=img, img_path=path))
+        return dict(inputs=[data['inputs']],
+                    data_samples=[data['data_samples']])
+
+    def graph_inputs(self, image: np.ndarray,
+                     img_shape) -> Dict[str, np.ndarray]:
+        """The graph's feeds for one preprocessed (1, 3, H, W) image whose
+        un-padded size is ``img_shape``: ``image`` as contiguous float32,
+        zero-padded to a fixed-shape graph's size, and ``img_shape`` where
+        the graph reads it. ValueError for an image larger than a fixed
+        shape."""
         image = np.ascontiguousarray(image, dtype=np.float32)
         if self.fixed_shape is not None:
             height, width = self.fixed_shape
@@ -248,7 +257,16 @@ class EmbedMaskONNXModel:
                     '--shape, or without --shape (any size)')
             image = np.pad(image, ((0, 0), (0, 0), (0, height - image.shape[2]),
                                    (0, width - image.shape[3])))
-        outputs = self.session(image, np.asarray(img_shape[:2], np.int64))
+        feed = dict(image=image)
+        if self.session.feeds_img_shape:
+            feed['img_shape'] = np.asarray(img_shape[:2], np.int64)
+        return feed
+
+    def run_graph(self, image: np.ndarray, img_shape) -> list:
+        """Raw graph outputs (``MASK_CONTRACTS[self.mask_contract]``) for
+        one preprocessed (1, 3, H, W) float32 image whose un-padded size is
+        ``img_shape`` (fed by :meth:`graph_inputs`)."""
+        outputs = self.session(self.graph_inputs(image, img_shape))
         _release_freed_memory()
         return outputs
 
@@ -302,14 +320,11 @@ class EmbedMaskONNXModel:
         for item in inputs:
             path = item if isinstance(item, str) else None
             try:
-                img = read_image(item) if path is not None else item
+                data = self.prepare(item)
             except UnreadableImage as e:
                 warnings.warn(f'skipped {e}')
                 self.skipped.append((path, str(e)))
                 continue
-            data = self.pipeline(dict(img=img, img_path=path))
-            data = dict(inputs=[data['inputs']],
-                        data_samples=[data['data_samples']])
             sample = self.predict_batch(data)[0]
             sample.set_metainfo(dict(img_path=path))
             results.append(sample)

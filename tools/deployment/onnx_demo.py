@@ -46,14 +46,11 @@ def parse_args(argv=None):
 
 
 def frame_predictor(model: EmbedMaskONNXModel):
-    """A BGR frame -> its data sample: the model's pipeline and
+    """A BGR frame -> its data sample: the model's ``prepare`` and
     ``predict_batch``, as ``model(frame)`` runs them, without its
     per-call log line."""
     def predict(frame):
-        data = model.pipeline(dict(img=frame, img_path=None))
-        batch = dict(inputs=[data['inputs']],
-                     data_samples=[data['data_samples']])
-        return model.predict_batch(batch)[0]
+        return model.predict_batch(model.prepare(frame))[0]
     return predict
 
 

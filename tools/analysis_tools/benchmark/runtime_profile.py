@@ -29,9 +29,7 @@ def stage_times(model, img: np.ndarray, warmup: int = 3,
     times = {k: [] for k in STAGES + ('total',)}
     for rep in range(warmup + reps):
         marks = [time.perf_counter()]
-        data = model.pipeline(dict(img=img, img_path=None))
-        data = dict(inputs=[data['inputs']],
-                    data_samples=[data['data_samples']])
+        data = model.prepare(img)
         marks.append(time.perf_counter())
         with torch.no_grad():
             data = model.data_preprocessor(data, False)
