@@ -9,9 +9,14 @@
   registries with the ``mmdet`` default scope, and torch on one thread
   (two threads spin-wait on a loaded 2-core machine; the suite's tests
   check results, never speed).
+- ``overfit``: the trained tiny model that the bf16 and INT8 tests
+  (tests/test_deploy) share, trained once per session.
 """
+import copy
+import json
 import os.path as osp
 import sys
+from collections import Counter
 
 import pytest
 
@@ -39,3 +44,62 @@ def suite_setup():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# the overfit model's training length (why a model with real AP:
+# tests/test_deploy/test_reduced_precision.py)
+OVERFIT_ITERS = 150
+
+
+@pytest.fixture(scope='session')
+def overfit(tmp_path_factory):
+    """A tiny EmbedMask trained 150 iterations on 8 generated 128-px images
+    and tested on them; its config, checkpoint and ONNX export on disk
+    (shared: tests read it, and one that changes the config works on a
+    deepcopy; the teardown checks that the config came back unchanged)."""
+    # tests/test_deploy is on sys.path by now: only its tests request this
+    from mmengine.runner import Runner
+    from test_onnx_parity import SIZE, tiny_config
+
+    from embedmask_mmdet.datasets import generate_synthetic_coco
+    from embedmask_mmdet.deploy import export_onnx
+    base = tmp_path_factory.mktemp('precision')
+    data_root = str(base / 'data') + '/'
+    generate_synthetic_coco(data_root, num_train=8, num_val=1, seed=3,
+                            size=(SIZE, SIZE))
+    cfg = tiny_config(data_root, str(base / 'work'), {})
+    ann_file = 'annotations/instances_train.json'
+    for key in ('val_dataloader', 'test_dataloader'):
+        cfg[key].dataset.ann_file = ann_file
+        cfg[key].dataset.data_prefix = dict(img='train/')
+    for key in ('val_evaluator', 'test_evaluator'):
+        cfg[key].ann_file = data_root + ann_file
+    iters = OVERFIT_ITERS
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
+                         val_interval=iters + 1)
+    cfg.optim_wrapper.optimizer.lr = 4e-3
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
+             end=10),
+        dict(type='MultiStepLR', by_epoch=False, begin=0, end=iters,
+             milestones=[int(iters * 0.8)], gamma=0.1)]
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
+                                        interval=iters)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    del runner
+    with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
+        ckpt = f.read().strip()
+    config = str(base / 'tiny.py')
+    cfg.dump(config)
+    onnx_file = str(base / 'tiny.onnx')
+    export_onnx(cfg, ckpt, onnx_file)
+    with open(data_root + ann_file) as f:
+        per_class = Counter(a['category_id'] for a in json.load(f)[
+            'annotations'])
+    before = copy.deepcopy(cfg.to_dict())
+    yield dict(cfg=cfg, config=config, ckpt=ckpt, onnx=onnx_file,
+               per_class=per_class)
+    assert cfg.to_dict() == before, \
+        'a test changed the shared overfit config; deepcopy it first'

@@ -1,8 +1,8 @@
 """INT8 post-training quantization (``embedmask_mmdet.deploy.quantize``,
 ``tools/deployment/quantize.py``) of the model of the bf16 tests
-(``test_reduced_precision.overfit``: a tiny EmbedMask trained 150
-iterations on 8 generated 128-px images, tested on them, exported once per
-module), with each quantizer (NNCF, onnxruntime) and each runtime.
+(``overfit`` in tests/conftest.py: a tiny EmbedMask trained 150 iterations
+on 8 generated 128-px images, tested on them, exported once per session),
+with each quantizer (NNCF, onnxruntime) and each runtime.
 
 What is checked:
 
@@ -46,7 +46,7 @@ pytest.importorskip('nncf')
 
 from test_reduced_precision import (MIN_MATCHED, MIN_MEAN_IOU,  # noqa: E402
                                     MIN_SCORE, MIN_SHARE_AT_090, agreement,
-                                    ap, ap_tolerance, overfit)
+                                    ap, ap_tolerance)
 
 from embedmask_mmdet.deploy import EmbedMaskONNXModel, evaluate  # noqa: E402
 from embedmask_mmdet.deploy.quantize import (  # noqa: E402
@@ -56,7 +56,6 @@ from embedmask_mmdet.deploy.quantize import (  # noqa: E402
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT,
                   'configs/embedmask/embedmask_r18_fpn_1xb4-3k_synthetic.py')
-assert overfit  # the bf16 tests' trained model and export (a fixture)
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,8 @@ CPU to another; a bound tuned on one machine's figures fails on another
 (the earlier bound, >= 95 % of masks at IoU >= 0.98 over detections above
 0.1 of a 40-iteration model, measured 88 % on an AMX Xeon). Here:
 
-- the model is trained far enough to have real AP (150 iterations, tested
+- the model is trained far enough to have real AP (``overfit`` in
+  tests/conftest.py, shared with the INT8 tests: 150 iterations, tested
   on its 8 training images: segm AP ~0.14, box AP ~0.37 in fp32), because a
   barely trained model's soft masks (p near 0.5 over wide areas) turn
   every rounding into pixels that no user would ever see;
@@ -36,26 +37,21 @@ CPU to another; a bound tuned on one machine's figures fails on another
   OpenVINO case skips (tests/test_deploy/test_openvino_capability.py).
 """
 import copy
-import json
-import os.path as osp
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from mmengine.runner import Runner
 
 pytest.importorskip('onnxruntime')
 pytest.importorskip('openvino')
 
-from test_onnx_parity import SIZE, mask_iou, tiny_config  # noqa: E402
+from test_onnx_parity import mask_iou  # noqa: E402
 
-from embedmask_mmdet.deploy import (EmbedMaskONNXModel, evaluate,  # noqa
-                                    export_onnx)
+from embedmask_mmdet.deploy import EmbedMaskONNXModel, evaluate  # noqa
 
 pytestmark = pytest.mark.slow  # make test-fast skips it
 
-ITERS = 150
 MIN_SCORE = 0.3  # the confident detections a user draws or keeps
 # shared criteria (PyTorch bf16 and OpenVINO bf16 against PyTorch fp32)
 MIN_MATCHED = 0.9  # of the confident fp32 detections, found again in bf16
@@ -63,48 +59,6 @@ MIN_MEAN_IOU = 0.95  # their masks' mean IoU
 MIN_SHARE_AT_090 = 0.85  # share of their masks at IoU >= 0.9
 # PyTorch only: what its float32 islands guarantee (0.973 without them)
 MIN_MEAN_IOU_ISLANDS = 0.98
-
-
-@pytest.fixture(scope='module')
-def overfit(tmp_path_factory):
-    """A tiny EmbedMask trained 150 iterations on 8 generated 128-px images
-    and tested on them; its config, checkpoint and ONNX export on disk."""
-    from embedmask_mmdet.datasets import generate_synthetic_coco
-    base = tmp_path_factory.mktemp('precision')
-    data_root = str(base / 'data') + '/'
-    generate_synthetic_coco(data_root, num_train=8, num_val=1, seed=3,
-                            size=(SIZE, SIZE))
-    cfg = tiny_config(data_root, str(base / 'work'), {})
-    ann_file = 'annotations/instances_train.json'
-    for key in ('val_dataloader', 'test_dataloader'):
-        cfg[key].dataset.ann_file = ann_file
-        cfg[key].dataset.data_prefix = dict(img='train/')
-    for key in ('val_evaluator', 'test_evaluator'):
-        cfg[key].ann_file = data_root + ann_file
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=ITERS,
-                         val_interval=ITERS + 1)
-    cfg.optim_wrapper.optimizer.lr = 4e-3
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-             end=10),
-        dict(type='MultiStepLR', by_epoch=False, begin=0, end=ITERS,
-             milestones=[int(ITERS * 0.8)], gamma=0.1)]
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
-                                        interval=ITERS)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
-        ckpt = f.read().strip()
-    config = str(base / 'tiny.py')
-    cfg.dump(config)
-    onnx_file = str(base / 'tiny.onnx')
-    export_onnx(cfg, ckpt, onnx_file)
-    with open(data_root + ann_file) as f:
-        per_class = Counter(a['category_id'] for a in json.load(f)[
-            'annotations'])
-    return dict(cfg=cfg, config=config, ckpt=ckpt, onnx=onnx_file,
-                per_class=per_class)
 
 
 def ap_tolerance(per_class: Counter) -> float:
