@@ -494,3 +494,79 @@ def test_onnx_demo_on_a_video(env, exported, tmp_path, capsys):
     # carries only the class names)
     meta = onnx_demo.drawing_meta(onnx_demo.EmbedMaskONNXModel(exported))
     assert len(meta['palette']) == len(meta['classes'])
+
+
+# ------------------------------------- instance IDs (--track, track_eval)
+
+
+@pytest.mark.slow
+def test_demo_track_on_a_video(env, trained, tmp_path, capsys, monkeypatch):
+    """tools/demo.py --track: the tracker sees every frame, its IDs are
+    what is drawn (mmdet's TrackLocalVisualizer), unique in a frame and
+    carried between frames; image inputs refuse --track."""
+    from embedmask_mmdet.apis import EmbeddingTracker
+    from embedmask_mmdet.datasets.synthetic_video import (
+        make_synthetic_video, write_video as write_synthetic)
+    from mmdet.visualization import TrackLocalVisualizer
+    tracked, drawn = [], []
+    track, draw_instances = (EmbeddingTracker.track,
+                             TrackLocalVisualizer._draw_instances)
+
+    def spy_track(self, detections, frame_id=None):
+        out = track(self, detections, frame_id)
+        tracked.append(out.instances_id.tolist())
+        return out
+
+    def spy_draw(self, image, instances):
+        drawn.append(instances.instances_id.tolist())
+        return draw_instances(self, image, instances)
+
+    monkeypatch.setattr(EmbeddingTracker, 'track', spy_track)
+    monkeypatch.setattr(TrackLocalVisualizer, '_draw_instances', spy_draw)
+    clip = make_synthetic_video(seed=1, num_frames=4, num_objects=3,
+                                crossings=1, size=(128, 96))
+    video = write_synthetic(str(tmp_path / 'crossing.mp4'), clip.frames)
+    out = str(tmp_path / 'tracked.mp4')
+    demo = load_tool('tools/demo.py', 'demo_tool')
+    demo.main([video, env['config'], trained['ckpt'], '--out-video', out,
+               '--track', '--score-thr', '0.05', '--device', 'cpu'])
+    stdout = capsys.readouterr().out
+    assert '4 frames processed, 0 skipped' in stdout, stdout[-2000:]
+    assert len(tracked) == 4 and drawn == tracked
+    assert sum(map(len, tracked)) > 0, 'no detections above 0.05'
+    for ids in tracked:
+        assert len(set(ids)) == len(ids)
+    first = next(ids for ids in tracked if ids)
+    assert sorted(first) == list(range(len(first)))
+    # the barely trained model's boxes hardly move: most IDs carry over
+    assert any(set(a) & set(b) for a, b in zip(tracked, tracked[1:]))
+    frames = read_frames(out)
+    assert len(frames) == 4 and frames[0].shape == (96, 128, 3)
+    cv2.imwrite(str(tmp_path / 'tracked2.png'), frames[2])  # to look at
+    assert np.abs(frames[2].astype(int) - clip.frames[2]).mean() > 5
+    image = osp.join(env['data_root'], 'val', '000002.jpg')
+    with pytest.raises(SystemExit, match='--track is for a video'):
+        demo.main([image, env['config'], trained['ckpt'], '--out-dir',
+                   str(tmp_path / 'imgs'), '--track'])
+
+
+@pytest.mark.slow
+def test_track_eval_run_and_render(trained, env):
+    """tools/analysis_tools/track_eval.py's run() on the tiny model: both
+    trackers scored on the same detections, and the markdown table."""
+    from mmdet.apis import init_detector
+    from analysis_tools import track_eval
+    model = init_detector(env['config'], trained['ckpt'], device='cpu')
+    result = track_eval.run(model=model, num_videos=1, num_frames=3,
+                            num_objects=2, crossings=1, score_thr=0.05,
+                            checkpoint=trained['ckpt'])
+    setup, rows = result['setup'], result['rows']
+    assert setup['frames'] == 3 and setup['crossings'] == 1
+    assert setup['gt_boxes'] > 0 and setup['detect_s_per_frame'] > 0
+    assert [r['name'] for r in rows] == list(track_eval.TRACKERS)
+    for r in rows:
+        assert 0 <= r['crossings_kept'] <= 1
+        assert r['num_switches'] >= 0 and r['idf1'] <= 1
+    table = track_eval.render(result)
+    assert '| association | ID switches | IDF1 | MOTA |' in table
+    assert all(f"| {r['name']} |" in table for r in rows)
