@@ -139,7 +139,7 @@ def crossings_kept(video, tracked: List, window: int = 6) -> int:
 
 def run(config: str = DEFAULT_CONFIG, checkpoint: str = DEFAULT_CHECKPOINT,
         num_videos: int = 6, num_frames: int = 48, num_objects: int = 6,
-        crossings: int = 2, seed: int = 0, score_thr: float = 0.3,
+        crossings: int = 2, seed: int = 100, score_thr: float = 0.3,
         device: str = 'cpu', trackers: Optional[Dict[str, dict]] = None,
         model=None) -> dict:
     """Detect once per frame, track with each of ``trackers`` (default
@@ -230,7 +230,8 @@ def parse_args(argv=None):
     parser.add_argument('--objects', type=int, default=6)
     parser.add_argument('--crossings', type=int, default=2,
                         help='head-on crossing pairs per video')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=100,
+                        help='first video seed (0-5 tuned the temperature)')
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--out', help='also write the table here')
