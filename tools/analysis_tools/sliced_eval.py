@@ -55,7 +55,8 @@ from analysis_tools.sliced_eval_methods import (  # noqa: E402
 
 DEFAULT_CONFIG = osp.join(
     ROOT, 'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py')
-DEFAULT_CHECKPOINT = osp.join(ROOT, 'work_dirs/demo_after/iter_1300.pth')
+# `make demo`'s checkpoint (work_dirs/demo/last_checkpoint names it)
+DEFAULT_CHECKPOINT = osp.join(ROOT, 'work_dirs/demo/iter_1300.pth')
 MAX_DETS = (100, 300, 1000)
 SPLIT_SCORE_THR = 0.3
 SPLIT_MIN_INSIDE = 0.5

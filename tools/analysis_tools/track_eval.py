@@ -34,7 +34,8 @@ except ImportError:  # running from a checkout without an install
 from embedmask_mmdet.datasets.synthetic_video import make_synthetic_video
 
 DEFAULT_CONFIG = 'configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py'
-DEFAULT_CHECKPOINT = 'work_dirs/demo_after/iter_1300.pth'
+# `make demo`'s checkpoint (work_dirs/demo/last_checkpoint names it)
+DEFAULT_CHECKPOINT = 'work_dirs/demo/iter_1300.pth'
 # the compared trackers: name -> EmbeddingTracker arguments
 TRACKERS = {
     'IoU + embedding (ours)': dict(association='embedding'),
