@@ -32,7 +32,7 @@ setup(
         'analysis': ['matplotlib', 'seaborn', 'psutil', 'motmetrics>=1.4'],
         # tools/deployment and embedmask_mmdet.deploy: ONNX export (torch's
         # dynamo exporter writes through onnxscript), the two runtimes, and
-        # NNCF for INT8 quantization (deploy/quantize.py, backend openvino)
+        # NNCF for INT8 quantization (deploy/quantize/, backend openvino)
         'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20',
                    'openvino>=2025.0', 'nncf>=3.4'],
         # the peers the large-image comparison runs next to ours
