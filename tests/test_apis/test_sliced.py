@@ -141,7 +141,11 @@ def test_errors_name_the_setting():
 # -------------------------------------------------------- one tile: exact
 
 
-@pytest.mark.parametrize('design', list(DESIGNS))
+# the default CPU design in the fast tier, the other placements in the slow
+# one (make test runs both)
+@pytest.mark.parametrize('design', [
+    d if d == 'embedding' else pytest.param(d, marks=pytest.mark.slow)
+    for d in DESIGNS])
 def test_one_tile_is_plain_predict_bit_for_bit(images, design):
     model = build_model(design)
     sliced = EmbedMaskSlicedInferencer(model, slice_size=(4096, 4096),
@@ -335,7 +339,8 @@ def test_without_overlap_the_tile_borders_leak():
 # ----------------------------- real models: tile conv + image coordinates
 
 
-@pytest.mark.parametrize('design', ['embedding', 'prob-stride4'])
+@pytest.mark.parametrize('design', [
+    'embedding', pytest.param('prob-stride4', marks=pytest.mark.slow)])
 def test_stitched_cells_are_the_owning_tiles_conv_plus_coordinates(
         images, design):
     model = build_model(design)

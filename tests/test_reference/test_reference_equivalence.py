@@ -190,6 +190,7 @@ def match(dets, final) -> list:
     return [(ours[k], ref[k]) for k in sorted(ref)]
 
 
+@pytest.mark.slow  # the R-50 forward of the reference input (forward_a), ~27 s
 def test_detections_match(forward_a, ref_a):
     """The same 100 detections; boxes within 0.01 px, scores within 1e-4."""
     dets, final = forward_a['dets'], ref_a['final']

@@ -298,6 +298,7 @@ def test_channels_last_same_losses_gradients_and_predictions():
         assert (a.masks != b.masks).float().mean() < 1e-3
 
 
+@pytest.mark.slow  # torch.compile, ~4 s
 def test_compile_feat_keeps_outputs_keys_and_deepcopy():
     """compile_feat runs backbone + neck through torch.compile (the 'eager'
     backend here: the wiring, not inductor): the same features, the same
