@@ -5,6 +5,7 @@ with the same values, so that INT8 quantizers recognise the conv."""
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 import torch.nn.functional as F
 from onnxscript import ir
@@ -31,6 +32,7 @@ def _computed_conv_weights(model: onnx.ModelProto):
             if n.op_type == 'Conv' and n.input[1] not in weights]
 
 
+@pytest.mark.slow  # an export
 def test_divided_conv_weight_becomes_an_initializer(tmp_path):
     torch.manual_seed(0)
     module = DividedWeightConv().eval()
