@@ -31,6 +31,11 @@ def measure_large_images_and_video(args) -> dict:
     sliced = sliced_eval.run(config=config, checkpoint=checkpoint)
     log('video: instance IDs, IoU + embedding vs IoU')
     tracking = track_eval.run(config=config, checkpoint=checkpoint)
+    # the page and its .json never carry the checkout's location
+    for settings in (sliced.get('settings', {}), tracking.get('setup', {})):
+        for key in ('config', 'checkpoint'):
+            if isinstance(settings.get(key), str):
+                settings[key] = repo_path(settings[key])
     machine['load average at end'] = load_average()
     machine['section wall time'] = \
         f'{(time.perf_counter() - start) / 60:.1f} min'
