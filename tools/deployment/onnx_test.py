@@ -26,6 +26,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 
 from embedmask_mmdet.deploy import EmbedMaskONNXModel, evaluate
+from embedmask_mmdet.deploy.quantize import META_QUANTIZATION
+from embedmask_mmdet.deploy.runtime import read_metadata
 
 
 def parse_args(argv=None):
@@ -83,7 +85,10 @@ def main(argv=None):
                                precision=args.precision)
     start = time.perf_counter()
     metrics = evaluate(cfg, model.predict_batch)
-    print(f'{args.backend} ({args.precision}) on {args.model}: '
+    # an INT8 graph runs with precision fp32 (its float parts): say INT8
+    graph = 'INT8' if META_QUANTIZATION in read_metadata(args.model) \
+        else args.precision
+    print(f'{args.backend} ({graph}) on {args.model}: '
           f'{time.perf_counter() - start:.1f} s')
     for key, value in metrics.items():
         print(f'{key}: {value}')
