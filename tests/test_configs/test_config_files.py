@@ -389,6 +389,7 @@ def test_coco_recipes_use_the_fault_handling(path):
     assert train.pipeline[0].imdecode_backend == 'pillow'
 
 
+@pytest.mark.slow  # builds the R-50 model and its optimizer
 def test_v3_optimizer_is_maskrcnn_benchmarks():
     """maskrcnn-benchmark's make_optimizer (solver/build.py): every
     trainable parameter whose name holds 'bias' (GroupNorm biases included)

@@ -245,6 +245,7 @@ def test_variant_b_masks_match(model, ref_a):
         our_masks.flatten(1).sum(1).numpy() > 0, True)
 
 
+@pytest.mark.slow  # the converter CLI end to end
 def test_converter_cli_writes_a_loadable_checkpoint(model, tmp_path, capsys):
     """The command line writes a checkpoint mmengine loads strictly (as
     tools/test.py does); a checkpoint of another model is refused."""

@@ -180,6 +180,7 @@ def test_numpy_1x_and_2x_names(tmp_path):
     assert loaded['s'] == 2.5 and loaded['i'] == 7
 
 
+@pytest.mark.slow  # a Runner trains and resumes, twice
 @pytest.mark.parametrize('mode', ['load_from', 'auto'])
 def test_runner_resume(trained, tmp_path, mode):
     work_dir, ckpt = trained

@@ -175,6 +175,7 @@ def test_flip_view_changes_the_merged_masks(images):
     assert not torch.equal(one.masks[:len(two)], two.masks[:len(one)])
 
 
+@pytest.mark.slow  # ~3 s: every view of a batch and of each image
 def test_batch_of_images_equals_one_by_one(images):
     model = build_model('embedding')
     tta = tta_model(model)
