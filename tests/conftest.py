@@ -11,6 +11,12 @@
   check results, never speed).
 - ``overfit``: the trained tiny model that the bf16 and INT8 tests
   (tests/test_deploy) share, trained once per session.
+- ``make test`` runs on 2 pytest-xdist workers (``--dist loadgroup``).
+  Each test module is one group, so its module fixtures (a trained model,
+  the benchmark's tiny run) are built once; the modules that share
+  ``overfit`` are one group; a test's own ``xdist_group`` mark wins. The
+  groups that take minutes are sent first (``LONG_GROUPS``), so no worker
+  is left with a 7-minute group at the end.
 """
 import copy
 import json
@@ -24,6 +30,43 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
 if TOOLS not in sys.path:
     sys.path.insert(0, TOOLS)
+
+
+# the groups that take minutes, longest first (the durations of `make test`
+# on 2 cores; docs/getting_started.md); the others follow in file order
+LONG_GROUPS = ('test_deploy/test_onnx_parity.py', 'overfit',
+               'test_tools/test_benchmark.py', 'test_configs/test_learning.py',
+               'test_tools/test_tools_e2e.py',
+               'test_robustness/test_robustness_training.py',
+               'test_engine/test_cpu_amp_optim_wrapper.py')
+
+
+def _group_of(item, overfit_modules):
+    if item.get_closest_marker('xdist_group') is not None:
+        return None  # the test names its own group
+    path = osp.relpath(str(item.path), osp.join(ROOT, 'tests'))
+    return 'overfit' if path in overfit_modules else path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(config, items):
+    overfit_modules = {
+        osp.relpath(str(item.path), osp.join(ROOT, 'tests'))
+        for item in items if 'overfit' in getattr(item, 'fixturenames', ())}
+    rank = {name: i for i, name in enumerate(LONG_GROUPS)}
+    for item in items:
+        group = _group_of(item, overfit_modules)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # stable: file order within a rank
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (
+        rank.get(_mark_name(item), len(rank)), order[id(item)]))
+
+
+def _mark_name(item):
+    mark = item.get_closest_marker('xdist_group')
+    return mark.args[0] if mark.args else mark.kwargs.get('name', 'default')
 
 
 def pytest_configure(config):

