@@ -43,7 +43,7 @@ def run_memory(spec: dict, queue) -> None:
         for _ in range(spec.get('steps', 2)):
             fn()
         measure.sync(device)
-        # ru_maxrss and VmRSS come from per-thread-cached counters that can
+        # VmHWM and VmRSS come from per-thread-cached counters that can
         # disagree by a few pages: the peak is at least any RSS read
         out = dict(peak_rss_mb=max(peak_rss_mb(),
                                    measure.current_rss_mb(), rss_built),
