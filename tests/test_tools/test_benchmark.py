@@ -206,6 +206,24 @@ def test_document_flags_unequal_detection_counts(tiny_run, tmp_path):
     assert 'All models returned' not in text
 
 
+def test_peak_rss_is_the_childs_own():
+    """The large-image rows run each path in a child process: its peak is
+    its own, not the (larger) parent's that Linux's ru_maxrss carries
+    across fork and exec."""
+    from analysis_tools.benchmark.machine import peak_rss_mb
+    ballast = np.ones(400 * 2**20, np.uint8)  # 400 MB touched here
+    parent = peak_rss_mb()
+    code = ('import sys; sys.path.insert(0, "tools"); '
+            'from analysis_tools.benchmark.machine import peak_rss_mb; '
+            'print(peak_rss_mb())')
+    child = float(subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                                 capture_output=True, text=True,
+                                 check=True).stdout)
+    del ballast
+    assert parent > 400
+    assert 0 < child < 200, (parent, child)
+
+
 def test_linear_fit():
     x = np.array([1., 10., 50., 100., 200.])
     fit = linear_fit(x, 3. + 0.5 * x)
