@@ -16,10 +16,12 @@
   the benchmark's tiny run) are built once; the modules that share
   ``overfit`` are one group; a test's own ``xdist_group`` mark wins. The
   groups that take minutes are sent first (``LONG_GROUPS``), so no worker
-  is left with a 7-minute group at the end.
+  is left with a 7-minute group at the end. Under xdist the tools that
+  tests run as subprocesses get one OpenMP thread, like the workers.
 """
 import copy
 import json
+import os
 import os.path as osp
 import sys
 from collections import Counter
@@ -70,6 +72,12 @@ def _mark_name(item):
 
 
 def pytest_configure(config):
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        # the other worker keeps the second core busy: a tool run as a
+        # subprocess on two OpenMP threads would spin-wait on it (a PyTorch
+        # predict beside a training measured 50x slower than alone)
+        for key in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+            os.environ.setdefault(key, '1')
     config.addinivalue_line(
         'markers', 'slow: subprocess / end-to-end / training test (make test '
         'runs it, make test-fast skips it)')
