@@ -8,7 +8,7 @@ DATA ?= data/synthetic
 # pytest-xdist workers for make test / test-fast (0: one process); each
 # worker runs torch on one thread (tests/conftest.py)
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # e.g. DEMO_TRAIN_ARGS=--amp (bf16 autocast on a CPU) DEMO_DIR=work_dirs/demo_amp
 DEMO_TRAIN_ARGS ?=
 

@@ -11,13 +11,14 @@
   check results, never speed).
 - ``overfit``: the trained tiny model that the bf16 and INT8 tests
   (tests/test_deploy) share, trained once per session.
-- ``make test`` runs on 2 pytest-xdist workers (``--dist loadgroup``).
-  Each test module is one group, so its module fixtures (a trained model,
-  the benchmark's tiny run) are built once; the modules that share
-  ``overfit`` are one group; a test's own ``xdist_group`` mark wins. The
-  groups that take minutes are sent first (``LONG_GROUPS``), so no worker
-  is left with a 7-minute group at the end. Under xdist the tools that
-  tests run as subprocesses get one OpenMP thread, like the workers.
+- ``make test`` runs on 2 pytest-xdist workers with ``--dist loadfile``:
+  each test file runs whole on one worker, so its module fixtures (a
+  trained model, the benchmark's tiny run) are built once. The files that
+  take minutes are sent first (``LONG_FILES``), so no worker is left with
+  a 7-minute file at the end. (Not ``loadgroup``: pytest-xdist 3.8 cannot
+  regroup tests under pytest 9.2, whose node ids it no longer rewrites.)
+  Under xdist the tools that tests run as subprocesses get one OpenMP
+  thread, like the workers.
 """
 import copy
 import json
@@ -34,41 +35,26 @@ if TOOLS not in sys.path:
     sys.path.insert(0, TOOLS)
 
 
-# the groups that take minutes, longest first (the durations of `make test`
-# on 2 cores; docs/getting_started.md); the others follow in file order
-LONG_GROUPS = ('test_deploy/test_onnx_parity.py', 'overfit',
-               'test_tools/test_benchmark.py', 'test_configs/test_learning.py',
-               'test_tools/test_tools_e2e.py',
-               'test_robustness/test_robustness_training.py',
-               'test_engine/test_cpu_amp_optim_wrapper.py')
+# the test files that take minutes, longest first (the durations of `make
+# test` on 2 cores; docs/getting_started.md); the two that share `overfit`
+# next to each other, so that one worker usually runs both on one training
+LONG_FILES = ('test_deploy/test_onnx_parity.py', 'test_deploy/test_quantize.py',
+              'test_deploy/test_reduced_precision.py',
+              'test_tools/test_benchmark.py', 'test_configs/test_learning.py',
+              'test_tools/test_tools_e2e.py',
+              'test_robustness/test_robustness_training.py',
+              'test_engine/test_cpu_amp_optim_wrapper.py')
 
 
-def _group_of(item, overfit_modules):
-    if item.get_closest_marker('xdist_group') is not None:
-        return None  # the test names its own group
-    path = osp.relpath(str(item.path), osp.join(ROOT, 'tests'))
-    return 'overfit' if path in overfit_modules else path
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
 def pytest_collection_modifyitems(config, items):
-    overfit_modules = {
-        osp.relpath(str(item.path), osp.join(ROOT, 'tests'))
-        for item in items if 'overfit' in getattr(item, 'fixturenames', ())}
-    rank = {name: i for i, name in enumerate(LONG_GROUPS)}
-    for item in items:
-        group = _group_of(item, overfit_modules)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    # stable: file order within a rank
+    """The long files first, each in its own order (xdist's ``loadfile``
+    sends each file to one worker, in this order)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    tests = osp.join(ROOT, 'tests')
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (
-        rank.get(_mark_name(item), len(rank)), order[id(item)]))
-
-
-def _mark_name(item):
-    mark = item.get_closest_marker('xdist_group')
-    return mark.args[0] if mark.args else mark.kwargs.get('name', 'default')
+        rank.get(osp.relpath(str(item.path), tests), len(rank)),
+        order[id(item)]))
 
 
 def pytest_configure(config):
