@@ -83,6 +83,18 @@ def suite_setup():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def mmdet_default_scope():
+    """Each test starts in the default scope a mmdet user's process has:
+    a Runner built with ``default_scope='mmengine'`` by an earlier test
+    leaves that scope current, and tests that build from mmdet's registries
+    then failed, depending on which files shared their xdist worker."""
+    from mmengine.registry import DefaultScope, init_default_scope
+    current = DefaultScope.get_current_instance()
+    if current is None or current.scope_name != 'mmdet':
+        init_default_scope('mmdet')
+
+
 # the overfit model's training length (why a model with real AP:
 # tests/test_deploy/test_reduced_precision.py)
 OVERFIT_ITERS = 150

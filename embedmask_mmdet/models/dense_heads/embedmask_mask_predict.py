@@ -231,7 +231,7 @@ class EmbedMaskMaskPredictMixin:
                     self.alignment)
                 masks = paste_masks_aligned_bilinear(
                     prob, self.mask_out_stride, img_shape, out_shape,
-                    threshold, boxes, box_padding, max_elements)
+                    threshold, boxes, box_padding)
             else:
                 masks = paste_masks(
                     prob, self.prob_stride, img_shape, out_shape, threshold,

@@ -4,6 +4,7 @@ stride of the padded input: bilinear resampling, threshold, optional crop.
 Shapes: N detections, (h, w) cells at ``stride``, (out_h, out_w) output.
 """
 import math
+import mmap
 from typing import Optional, Tuple
 
 import torch
@@ -14,6 +15,9 @@ from torch import Tensor
 # floats resampled per chunk of detections (test_cfg.max_paste_elements): 8 MB
 # stays in the CPU's cache; 2**25 was 1.7x slower at 100 dets x 800x1333
 MAX_PASTE_ELEMENTS = 2**21
+# floats of one strip of output rows in the region path's vertical blend (1
+# MB: the mask step's transient memory, in the CPU's cache)
+STRIP_ELEMENTS = 2**18
 # the region path does ~4 passes over its pixels, the whole-image resampling
 # ~2 over every pixel: above this share of the image, resample all of it
 MAX_REGION_FRACTION = 0.3
@@ -107,13 +111,32 @@ def window_log_prob(log_prob: Tensor, boxes: Tensor, stride: int,
     return torch.where(inside, log_prob, log_prob.new_tensor(fill))
 
 
+def box_keep(boxes: Tensor, padding: float, out_shape: Tuple[int, int]
+             ) -> Tuple[Tensor, Tensor]:
+    """The crop-to-box rule, per axis: row i (column j) of a box is kept
+    when its pixel centre i + 0.5 (j + 0.5) lies in [y1 - padding, y2 +
+    padding] ([x1 - padding, x2 + padding]); a pixel is kept when both are.
+
+    Args:
+        boxes (Tensor): Boxes (N, 4) as (x1, y1, x2, y2) in output pixels.
+        padding (float): Margin around each box, in pixels.
+        out_shape (tuple[int, int]): (out_h, out_w) of the masks.
+
+    Returns:
+        tuple[Tensor, Tensor]: (N, out_h) and (N, out_w) bool.
+    """
+    ys = torch.arange(out_shape[0], device=boxes.device) + 0.5
+    xs = torch.arange(out_shape[1], device=boxes.device) + 0.5
+    b = boxes[:, :, None]
+    return ((ys >= b[:, 1] - padding) & (ys <= b[:, 3] + padding),
+            (xs >= b[:, 0] - padding) & (xs <= b[:, 2] + padding))
+
+
 def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float,
                         max_elements: Optional[int] = None) -> Tensor:
     """Clears (in place) mask pixels farther than ``padding`` outside their
-    box; masks (N, H, W) bool, boxes (N, 4) in the masks' coordinates.
-
-    A pixel (i, j) is kept when its centre (j + 0.5, i + 0.5) lies in
-    [x1 - padding, x2 + padding] x [y1 - padding, y2 + padding].
+    box (the rule of :func:`box_keep`); masks (N, H, W) bool, boxes (N, 4)
+    in the masks' coordinates.
 
     Args:
         masks (Tensor): Masks (N, H, W) bool, modified in place.
@@ -126,17 +149,38 @@ def crop_masks_to_boxes(masks: Tensor, boxes: Tensor, padding: float,
     Returns:
         Tensor: ``masks`` itself, (N, H, W) bool.
     """
-    ys = torch.arange(masks.size(1), device=masks.device) + 0.5
-    xs = torch.arange(masks.size(2), device=masks.device) + 0.5
+    in_y, in_x = box_keep(boxes, padding, masks.shape[1:])
     step = len(masks) if max_elements is None else \
         chunk_size(max_elements, masks.size(1) * masks.size(2))
     for i in range(0, len(masks), max(step, 1)):
-        b = boxes[i:i + step, :, None]
-        in_y = (ys >= b[:, 1] - padding) & (ys <= b[:, 3] + padding)
-        in_x = (xs >= b[:, 0] - padding) & (xs <= b[:, 2] + padding)
         chunk = masks[i:i + step]  # a view: cleared in place
-        chunk &= in_y[:, :, None] & in_x[:, None, :]
+        chunk &= in_y[i:i + step, :, None] & in_x[i:i + step, None, :]
     return masks
+
+
+# bytes from which zero_masks maps fresh pages instead of filling memory
+LAZY_ZEROS_BYTES = 1 << 20
+
+
+def zero_masks(shape: Tuple[int, ...], like: Tensor) -> Tensor:
+    """An all-background bool tensor of ``shape`` on ``like``'s device.
+
+    On a CPU, a large one is a private anonymous memory map: the kernel
+    supplies zeroed pages on first write, so masks written only inside
+    their support rectangles cost memory and time in proportion to those
+    rectangles, not to N x H x W (74 masks of 4000x3000: 888 MB filled,
+    against the pages the rectangles' rows touch). Elsewhere, and where
+    ``mmap`` has no private anonymous maps (Windows), ``new_zeros``.
+    """
+    nbytes = math.prod(shape)
+    flags = getattr(mmap, 'MAP_PRIVATE', None), \
+        getattr(mmap, 'MAP_ANONYMOUS', None)
+    if like.device.type != 'cpu' or nbytes < LAZY_ZEROS_BYTES or \
+            None in flags:
+        return like.new_zeros(shape, dtype=torch.bool)
+    # the tensor holds the map (frombuffer keeps its buffer alive)
+    buffer = mmap.mmap(-1, nbytes, flags=flags[0] | flags[1])
+    return torch.frombuffer(buffer, dtype=torch.bool).view(shape)
 
 
 def _axis_taps(cells: int, out: int, scale: float, like: Tensor):
@@ -182,13 +226,16 @@ def _window_starts(first: Tensor, size: int, limit: int) -> Tensor:
 
 
 def _paste_group(cells: Tensor, threshold: float, taps_y, taps_x,
-                 inds: Tensor, rects: Tensor, masks: Tensor) -> None:
+                 inds: Tensor, rects: Tensor, masks: Tensor,
+                 keep: Optional[Tuple[Tensor, Tensor]] = None) -> None:
     """Resamples detections ``inds`` in windows of one size (the largest of
     their rectangles ``rects``, (G, 4)) and writes them to ``masks``: a
-    window larger than a rectangle only adds exact background."""
+    window larger than a rectangle only adds exact background. ``keep``:
+    :func:`box_keep`'s rows and columns, applied in the windows."""
     iy0, iy1, wy0, wy1 = taps_y
     ix0, ix1, wx0, wx1 = taps_x
     out_h, out_w = masks.shape[1:]
+    num = len(inds)
     win_h = int((rects[:, 1] - rects[:, 0]).max())
     win_w = int((rects[:, 3] - rects[:, 2]).max())
     ys = _window_starts(rects[:, 0], win_h, out_h)[:, None] + \
@@ -205,20 +252,38 @@ def _paste_group(cells: Tensor, threshold: float, taps_y, taps_x,
     # in F.interpolate's order (the same float ops as the whole image)
     def cols(idx):
         return block.gather(2, idx[xs][:, None, :].expand(-1, num_rows, -1))
-    blended = cols(ix0) * wx0[xs][:, None] + cols(ix1) * wx1[xs][:, None]
+    blended = (cols(ix0) * wx0[xs][:, None] +
+               cols(ix1) * wx1[xs][:, None]).view(num * num_rows, win_w)
+    # each output row is two whole rows of ``blended``, copied by row, in
+    # strips of rows: the floats alive stay within STRIP_ELEMENTS, however
+    # large the windows
+    offset = torch.arange(num, device=cells.device)[:, None] * num_rows - \
+        rows[:, :1]
+    starts = list(zip(inds.tolist(), ys[:, 0].tolist(), xs[:, 0].tolist()))
+    strip = chunk_size(STRIP_ELEMENTS, num * win_w)
+    for top in range(0, win_h, strip):
+        strip_ys = ys[:, top:top + strip]
+        height = strip_ys.size(1)
 
-    def rows_of(idx):
-        rel = idx[ys] - rows[:, :1]
-        return blended.gather(1, rel[:, :, None].expand(-1, -1, win_w))
-    vals = rows_of(iy0) * wy0[ys][:, :, None] + \
-        rows_of(iy1) * wy1[ys][:, :, None]
-    masks[inds[:, None, None], ys[:, :, None], xs[:, None, :]] = \
-        vals > threshold
+        def rows_of(idx, weight):
+            picked = blended.index_select(0, (idx[strip_ys] + offset).flatten())
+            return picked.view(num, height, win_w).mul_(
+                weight[strip_ys][:, :, None])
+        foreground = rows_of(iy0, wy0).add_(rows_of(iy1, wy1)) > threshold
+        # windows are ranges: sliced writes touch only their rows' pages
+        for g, (n, y0, x0) in enumerate(starts):
+            y0 += top
+            window = foreground[g]
+            if keep is not None:
+                window &= keep[0][n, y0:y0 + height, None] & \
+                    keep[1][n, None, x0:x0 + win_w]
+            masks[n, y0:y0 + height, x0:x0 + win_w] = window
 
 
 def _paste_regions(cells: Tensor, threshold: float, taps_y, taps_x,
                    rects: Tensor, todo: Tensor, masks: Tensor,
-                   max_elements: int) -> Tensor:
+                   max_elements: int,
+                   keep: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
     """Resamples and thresholds the detections marked in ``todo`` inside
     their rectangles only; ``masks`` (N, out_h, out_w) must be zero outside.
 
@@ -245,7 +310,7 @@ def _paste_regions(cells: Tensor, threshold: float, taps_y, taps_x,
         step = chunk_size(max_elements, area)
         for chunk in group.split(step):
             _paste_group(cells, threshold, taps_y, taps_x, chunk,
-                         rects[chunk], masks)
+                         rects[chunk], masks, keep)
     return masks
 
 
@@ -294,6 +359,8 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     out_h, out_w = out_shape
     if regions is None:
         regions = prob.device.type == 'cpu'
+    keep = box_keep(boxes, box_padding, out_shape) \
+        if boxes is not None else None
     # host-side selection of the detections pasted whole (indices in Python)
     full = torch.ones(num, dtype=torch.bool, device='cpu')
     if regions and num and out_h * out_w:
@@ -306,9 +373,9 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
         area = (rects[:, 1] - rects[:, 0]).clamp(min=0) * \
             (rects[:, 3] - rects[:, 2]).clamp(min=0)
         full = (found & (area > MAX_REGION_FRACTION * out_h * out_w)).cpu()
-        masks = prob.new_zeros((num, out_h, out_w), dtype=torch.bool)
+        masks = zero_masks((num, out_h, out_w), prob)
         _paste_regions(cells, threshold, taps_y, taps_x, rects,
-                       found.cpu() & ~full, masks, max_elements)
+                       found.cpu() & ~full, masks, max_elements, keep)
     else:
         # every element is written by the loop below: no zero fill needed
         masks = prob.new_empty((num, out_h, out_w), dtype=torch.bool)
@@ -316,15 +383,15 @@ def paste_masks(prob: Tensor, stride: int, img_shape: Tuple[int, int],
     chunk = chunk_size(max_elements, out_h * out_w)
     for i in range(0, len(inds), chunk):
         sel = inds[i:i + chunk]
+        foreground = resample_to_output(prob[sel], stride, img_shape,
+                                        out_shape) > threshold
+        if keep is not None:
+            foreground &= keep[0][sel, :, None] & keep[1][sel, None, :]
         sl = slice(sel[0], sel[-1] + 1)
-        if len(sel) == sl.stop - sl.start:  # consecutive: write in place
-            torch.gt(resample_to_output(prob[sl], stride, img_shape,
-                                        out_shape), threshold, out=masks[sl])
+        if len(sel) == sl.stop - sl.start:  # consecutive: a sliced write
+            masks[sl] = foreground
         else:
-            masks[sel] = resample_to_output(prob[sel], stride, img_shape,
-                                            out_shape) > threshold
-    if boxes is not None:
-        crop_masks_to_boxes(masks, boxes, box_padding, max_elements)
+            masks[sel] = foreground
     return masks
 
 
@@ -393,9 +460,7 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
                                  img_shape: Tuple[int, int],
                                  out_shape: Tuple[int, int], threshold: float,
                                  boxes: Optional[Tensor] = None,
-                                 box_padding: float = 0.,
-                                 max_elements: int = MAX_PASTE_ELEMENTS
-                                 ) -> Tensor:
+                                 box_padding: float = 0.) -> Tensor:
     """The authors' placement (AdelaiDet ``EmbedMask.postprocess``): p (N, h,
     w) at ``stride`` -> ``aligned_bilinear`` x stride (cell k on pixel
     stride k + stride // 2) -> crop to ``img_shape`` -> bilinear
@@ -420,30 +485,31 @@ def paste_masks_aligned_bilinear(prob: Tensor, stride: int,
             coordinates to crop to. Defaults to None (no crop).
         box_padding (float): Margin around the boxes, in output pixels.
             Defaults to 0.
-        max_elements (int): Mask pixels per chunk of the box crop.
-            Defaults to ``MAX_PASTE_ELEMENTS``.
 
     Returns:
         Tensor: (N, out_h, out_w) bool.
     """
     num = prob.size(0)
-    masks = prob.new_zeros((num, *out_shape), dtype=torch.bool)
+    masks = zero_masks((num, *out_shape), prob)
     if num == 0 or out_shape[0] * out_shape[1] == 0:
         return masks
+    keep = box_keep(boxes, box_padding, out_shape) \
+        if boxes is not None else None
     # float32 under autocast (see resample_aligned_bilinear)
     with torch.autocast(prob.device.type, enabled=False):
         _paste_aligned_spans(prob.float(), stride, img_shape, out_shape,
-                             threshold, masks)
-    if boxes is not None:
-        crop_masks_to_boxes(masks, boxes, box_padding, max_elements)
+                             threshold, masks, keep)
     return masks
 
 
 def _paste_aligned_spans(prob: Tensor, stride: int, img_shape: Tuple[int, int],
                          out_shape: Tuple[int, int], threshold: float,
-                         masks: Tensor) -> None:
+                         masks: Tensor,
+                         keep: Optional[Tuple[Tensor, Tensor]] = None
+                         ) -> None:
     """Writes W_y P W_x^T > threshold of each detection into ``masks``
-    (N, out_h, out_w), on the rectangle its above-threshold cells reach."""
+    (N, out_h, out_w), on the rectangle its above-threshold cells reach,
+    within :func:`box_keep`'s rows and columns ``keep`` if given."""
     h, w = prob.shape[1:]
     weight_y = _aligned_axis_weights(h, stride, img_shape[0], out_shape[0],
                                      prob)
@@ -461,4 +527,7 @@ def _paste_aligned_spans(prob: Tensor, stride: int, img_shape: Tuple[int, int],
         cx0, cx1 = first_x[x0], last_x[x1 - 1] + 1
         vals = weight_y[y0:y1, cy0:cy1] @ prob[n, cy0:cy1, cx0:cx1] @ \
             weight_x[x0:x1, cx0:cx1].T
-        torch.gt(vals, threshold, out=masks[n, y0:y1, x0:x1])
+        window = masks[n, y0:y1, x0:x1]
+        torch.gt(vals, threshold, out=window)
+        if keep is not None:
+            window &= keep[0][n, y0:y1, None] & keep[1][n, None, x0:x1]

@@ -1,6 +1,7 @@
 """mask_paste: p resampled to the output size, against a brute-force
 bilinear reference; the region path against the whole-image path."""
 import math
+import os.path as osp
 
 import numpy as np
 import pytest
@@ -100,11 +101,18 @@ def test_paste_masks_regions_equal_whole_image(stride, prob_shape, img_shape,
                         regions=False))
 
 
-@pytest.mark.parametrize('max_elements', [2**21, 3000])
-def test_paste_masks_batched_regions_many_detections(max_elements):
+@pytest.mark.parametrize('max_elements,strip_elements',
+                         [(2**21, 2**18), (3000, 2**18), (2**21, 50)])
+def test_paste_masks_batched_regions_many_detections(max_elements,
+                                                     strip_elements,
+                                                     monkeypatch):
     """Many detections of mixed sizes, several sharing a size class and some
     touching the image border (windows shifted inside it), batched into one
-    group or split by a small element budget: equal to the whole image."""
+    group or split by a small element budget, the vertical blend in one
+    strip of rows or in strips of a row or a few: equal to the whole
+    image."""
+    from embedmask_mmdet.models.utils import mask_paste
+    monkeypatch.setattr(mask_paste, 'STRIP_ELEMENTS', strip_elements)
     stride, prob_shape, img_shape, out_shape = 4, (30, 38), (118, 150), \
         (177, 225)
     h, w = prob_shape
@@ -150,3 +158,81 @@ def test_crop_masks_to_boxes_matches_pixel_loop(max_elements):
     out = crop_masks_to_boxes(got, boxes, pad, max_elements)
     assert out is got and torch.equal(got, expected)
     assert expected.sum() < masks.sum()  # the boxes do crop
+
+
+@pytest.mark.parametrize('placement', ['mmdet', 'adelaidet'])
+def test_crop_in_windows_equals_crop_of_whole_masks(placement):
+    """The crop to boxes, applied inside each detection's window (both
+    placements, region and whole-image paths), equals
+    ``crop_masks_to_boxes`` on the uncropped masks."""
+    from embedmask_mmdet.models.utils.mask_paste import \
+        paste_masks_aligned_bilinear
+    stride, prob_shape, img_shape, out_shape = 4, (30, 38), (118, 150), \
+        (177, 225)
+    g = torch.Generator().manual_seed(11)
+    prob = torch.nn.functional.avg_pool2d(
+        torch.rand(9, 1, *prob_shape, generator=g), 5, 1, 2)[:, 0]
+    prob = prob * torch.linspace(0.8, 2.2, 9)[:, None, None]  # one ~whole
+    centre = torch.rand(9, 2, generator=g) * torch.tensor(
+        [out_shape[1], out_shape[0]])
+    boxes = torch.cat([centre - 30, centre + 30], 1).clamp(min=0)
+    for thr in (0.5, 0.8):
+        if placement == 'adelaidet':
+            def paste(b=None):
+                return paste_masks_aligned_bilinear(
+                    prob, stride, img_shape, out_shape, thr, b, 2.5)
+            cases = [paste]
+        else:
+            cases = [lambda b=None, r=r: paste_masks(
+                prob, stride, img_shape, out_shape, thr, b, 2.5, regions=r)
+                for r in (True, False)]
+        for paste in cases:
+            whole = paste()
+            cropped = paste(boxes)
+            assert whole.any() and torch.equal(
+                cropped, crop_masks_to_boxes(whole.clone(), boxes, 2.5))
+            assert cropped.sum() < whole.sum()
+
+
+def _resident_mb(tensor: torch.Tensor) -> float:
+    """Resident memory of the mapping that holds ``tensor`` (smaps' Rss)."""
+    address = tensor.data_ptr()
+    with open('/proc/self/smaps') as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if '-' in head and not head.endswith(':'):
+                start, end = (int(v, 16) for v in head.split('-'))
+                inside = start <= address < end
+            elif inside and head == 'Rss:':
+                return int(line.split()[1]) / 1024
+    raise AssertionError('no mapping holds the tensor')
+
+
+@pytest.mark.skipif(not osp.exists('/proc/self/smaps'),
+                    reason='reads the mapping\'s Rss from /proc')
+@pytest.mark.parametrize('placement', ['mmdet', 'adelaidet'])
+def test_large_image_masks_hold_memory_of_their_regions(placement):
+    """20 small blobs pasted onto a 2000x2000 output: the 80 MB of masks
+    are untouched zero pages outside the blobs' windows, so the masks'
+    mapping holds only their rows' pages (well under a quarter of 80 MB:
+    each window spans < 1/8 of the rows), and the masks read as
+    zeros there."""
+    from embedmask_mmdet.models.utils.mask_paste import \
+        paste_masks_aligned_bilinear
+    h = w = 500
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5,
+                            indexing='ij')
+    cy = torch.linspace(40, 460, 20)
+    cx = torch.linspace(460, 40, 20)
+    prob = torch.exp(-((ys - cy[:, None, None])**2 +
+                       (xs - cx[:, None, None])**2) / (2 * 6.**2))
+    paste = paste_masks_aligned_bilinear if placement == 'adelaidet' else \
+        paste_masks
+    masks = paste(prob, 4, (2000, 2000), (2000, 2000), 0.5)
+    resident = _resident_mb(masks)
+    dense_mb = masks.numel() / 2**20
+    assert masks.shape == (20, 2000, 2000) and masks.flatten(1).any(1).all()
+    assert resident < dense_mb / 4, (resident, dense_mb)
+    # a blob's mask stays near its centre: zero pages read as background
+    assert not masks[0, 1000:].any() and not masks[-1, :1000].any()
