@@ -40,6 +40,7 @@ if TOOLS not in sys.path:
 # next to each other, so that one worker usually runs both on one training
 LONG_FILES = ('test_deploy/test_onnx_parity.py', 'test_deploy/test_quantize.py',
               'test_deploy/test_reduced_precision.py',
+              'test_deploy/test_large_image.py',
               'test_tools/test_benchmark.py', 'test_configs/test_learning.py',
               'test_tools/test_tools_e2e.py',
               'test_robustness/test_robustness_training.py',

@@ -140,8 +140,12 @@ def large_image_lines(large) -> List[str]:
              'process (`tools/analysis_tools/benchmark/large_image.py`): '
              '`pytorch` is `EmbedMaskInferencer`, the others '
              '`EmbedMaskONNXModel` on the graph exported with the compact '
-             'or dense mask outputs. Time: median of 2 calls after one; '
-             'peak RSS of the process (model load included).', '']
+             'or dense mask outputs. '
+             f'{large.get("rounds", 1)} rounds, each running every path in '
+             'turn in a fresh process; time: the median of all timed calls '
+             f'({large.get("reps", 2)} per process, after one untimed); '
+             'peak RSS: the median of the processes\' peaks (VmHWM, model '
+             'load included).', '']
     lines += table(['path', 's / image', 'peak RSS MB',
                      'RSS after load MB', 'detections'], rows)
     lines += [f'Target: {target.claim} <= {target.bound:g} (measured: '

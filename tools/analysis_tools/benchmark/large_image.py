@@ -17,6 +17,7 @@ import os.path as osp
 import subprocess
 import sys
 import time
+from typing import List
 
 import numpy as np
 
@@ -30,6 +31,8 @@ LARGE = (3000, 4000)
 OUTPUT_BYTES_SIZE, OUTPUT_BYTES_DETS = (800, 1344), 100
 PATHS = ('pytorch', 'onnxruntime-compact', 'openvino-compact',
          'onnxruntime-dense')
+# rounds of all paths, and timed calls per process (after one untimed)
+ROUNDS, REPS = 3, 3
 
 
 def _child(path: str, config: str, model_file: str, image: str,
@@ -62,13 +65,14 @@ def _child(path: str, config: str, model_file: str, image: str,
         result = run()
         times.append(time.perf_counter() - start)
     masks = result.pred_instances.masks
-    return dict(seconds=float(np.median(times)), peak_rss_mb=peak_rss_mb(),
+    return dict(seconds=float(np.median(times)), times=times,
+                peak_rss_mb=peak_rss_mb(),
                 rss_after_load_mb=loaded, detections=len(result.pred_instances),
                 mask_shape=list(masks.shape), mask_pixels=int(masks.sum()))
 
 
 def measure_path(path: str, config: str, model_file: str, image: str,
-                 reps: int = 2) -> dict:
+                 reps: int = REPS) -> dict:
     """``_child`` in a fresh process (peak RSS is per process)."""
     out = subprocess.run(
         [sys.executable, osp.abspath(__file__), '--child', path, config,
@@ -118,10 +122,28 @@ def large_test_image(src: str, out: str, size=LARGE) -> str:
     return out
 
 
+def combine_rounds(runs: List[dict]) -> dict:
+    """One path's rounds (``_child`` results) -> the median of all timed
+    calls, the median of the rounds' peak RSS (each round a process), and
+    the per-round figures."""
+    row = dict(runs[-1])
+    row.pop('times')
+    row.update(
+        seconds=float(np.median([t for r in runs for t in r['times']])),
+        peak_rss_mb=float(np.median([r['peak_rss_mb'] for r in runs])),
+        rss_after_load_mb=float(np.median([r['rss_after_load_mb']
+                                           for r in runs])),
+        rounds=[dict(seconds=r['seconds'], peak_rss_mb=r['peak_rss_mb'])
+                for r in runs])
+    return row
+
+
 def run(config: str, checkpoint: str, image: str, work_dir: str,
-        size=LARGE, log=print) -> dict:
+        size=LARGE, log=print, rounds: int = ROUNDS) -> dict:
     """Exports both contracts, measures every path of ``PATHS`` on
-    ``image`` resized to ``size`` and each contract's output bytes."""
+    ``image`` resized to ``size`` (``rounds`` rounds, each running every
+    path in turn in a fresh process: drifts of a shared machine reach
+    every path alike) and each contract's output bytes."""
     from embedmask_mmdet.deploy import export_onnx
     os.makedirs(work_dir, exist_ok=True)
     big = large_test_image(image, osp.join(work_dir, 'large.png'), size)
@@ -130,22 +152,25 @@ def run(config: str, checkpoint: str, image: str, work_dir: str,
         files[masks] = osp.join(work_dir, f'large_{masks}.onnx')
         if not osp.isfile(files[masks]):
             export_onnx(config, checkpoint, files[masks], masks=masks)
-    rows = {}
-    for path in PATHS:
-        model_file = checkpoint if path == 'pytorch' else \
-            files[path.split('-')[1]]
-        rows[path] = measure_path(path, config, model_file, big)
-        log(f'large image {size[1]}x{size[0]}: {path}: '
-            f'{rows[path]["seconds"]:.2f} s, peak RSS '
-            f'{rows[path]["peak_rss_mb"]:.0f} MB, '
-            f'{rows[path]["detections"]} detections')
+    runs = {path: [] for path in PATHS}
+    for round_ in range(rounds):
+        for path in PATHS:
+            model_file = checkpoint if path == 'pytorch' else \
+                files[path.split('-')[1]]
+            runs[path].append(measure_path(path, config, model_file, big))
+            last = runs[path][-1]
+            log(f'large image {size[1]}x{size[0]}, round {round_ + 1}/'
+                f'{rounds}: {path}: {last["seconds"]:.2f} s, peak RSS '
+                f'{last["peak_rss_mb"]:.0f} MB, {last["detections"]} '
+                'detections')
+    rows = {path: combine_rounds(r) for path, r in runs.items()}
     contracts = {masks: output_bytes(f) for masks, f in files.items()}
     for masks, info in contracts.items():
         log(f'graph outputs ({masks}) at {OUTPUT_BYTES_SIZE[0]}x'
             f'{OUTPUT_BYTES_SIZE[1]}, {OUTPUT_BYTES_DETS} dets: '
             f'{info["total_bytes"] / 2**20:.1f} MiB')
     return dict(size=list(size), image=osp.basename(image), rows=rows,
-                output_bytes=contracts)
+                rounds=rounds, reps=REPS, output_bytes=contracts)
 
 
 def main(argv=None):
@@ -162,10 +187,13 @@ def main(argv=None):
     parser.add_argument('--size', type=int, nargs=2, default=LARGE,
                         metavar=('H', 'W'))
     parser.add_argument('--work-dir', default='work_dirs/large_image')
+    parser.add_argument('--rounds', type=int, default=ROUNDS,
+                        help='rounds of all paths, each path a fresh '
+                        'process per round')
     parser.add_argument('--out', help='write the results as JSON here')
     args = parser.parse_args(argv)
     result = run(args.config, args.checkpoint, args.image, args.work_dir,
-                 tuple(args.size))
+                 tuple(args.size), rounds=args.rounds)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=1)
