@@ -77,7 +77,7 @@ def section_exactness(args):
     """p under CUDA fp16 autocast (and the authors' placement, which is
     matmuls) against a float64 evaluation of the same inputs."""
     from embedmask_mmdet.models.utils import mask_probability
-    from embedmask_mmdet.models.utils.mask_paste import (
+    from embedmask_mmdet.models.utils.aligned_paste import (
         paste_masks_aligned_bilinear, resample_aligned_bilinear)
     g = torch.Generator(device='cuda').manual_seed(0)
     d, n, h, w = 16, 100, 200, 336  # COCO 800x1344 at stride 4

@@ -14,10 +14,10 @@ from ..utils import (location_map, mask_log_probability, mask_probability,
                      spatial_embedding)
 from ..utils.mask_targets import upsample_prob
 from ..utils.inference_settings import MaskInferenceSettings
+from ..utils.aligned_paste import (paste_masks_aligned_bilinear,
+                                   resample_aligned_bilinear)
 from ..utils.mask_paste import (chunk_size, crop_masks_to_boxes, paste_masks,
-                                paste_masks_aligned_bilinear,
-                                resample_aligned_bilinear, resample_to_output,
-                                window_log_prob)
+                                resample_to_output, window_log_prob)
 
 __all__ = ['EmbedMaskMaskPredictMixin']
 

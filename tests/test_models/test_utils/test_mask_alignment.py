@@ -11,8 +11,9 @@ code, and averages out.
 import pytest
 import torch
 
-from embedmask_mmdet.models.utils.mask_paste import (
-    paste_masks, paste_masks_aligned_bilinear)
+from embedmask_mmdet.models.utils.aligned_paste import \
+    paste_masks_aligned_bilinear
+from embedmask_mmdet.models.utils.mask_paste import paste_masks
 from embedmask_mmdet.models.utils.mask_targets import (cell_targets,
                                                        upsample_prob)
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import embedmask_mmdet  # noqa: F401  (registers the heads and the loss)
+from embedmask_mmdet.models.utils.aligned_paste import \
+    paste_masks_aligned_bilinear
 from embedmask_mmdet.models.utils.mask_paste import (crop_masks_to_boxes,
                                                      paste_masks)
 
@@ -165,8 +167,6 @@ def test_crop_in_windows_equals_crop_of_whole_masks(placement):
     """The crop to boxes, applied inside each detection's window (both
     placements, region and whole-image paths), equals
     ``crop_masks_to_boxes`` on the uncropped masks."""
-    from embedmask_mmdet.models.utils.mask_paste import \
-        paste_masks_aligned_bilinear
     stride, prob_shape, img_shape, out_shape = 4, (30, 38), (118, 150), \
         (177, 225)
     g = torch.Generator().manual_seed(11)
@@ -218,8 +218,6 @@ def test_large_image_masks_hold_memory_of_their_regions(placement):
     mapping holds only their rows' pages (well under a quarter of 80 MB:
     each window spans < 1/8 of the rows), and the masks read as
     zeros there."""
-    from embedmask_mmdet.models.utils.mask_paste import \
-        paste_masks_aligned_bilinear
     h = w = 500
     ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5,
                             indexing='ij')

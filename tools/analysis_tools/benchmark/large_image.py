@@ -66,8 +66,8 @@ def _child(path: str, config: str, model_file: str, image: str,
         times.append(time.perf_counter() - start)
     masks = result.pred_instances.masks
     return dict(seconds=float(np.median(times)), times=times,
-                peak_rss_mb=peak_rss_mb(),
-                rss_after_load_mb=loaded, detections=len(result.pred_instances),
+                peak_rss_mb=peak_rss_mb(), rss_after_load_mb=loaded,
+                detections=len(result.pred_instances),
                 mask_shape=list(masks.shape), mask_pixels=int(masks.sum()))
 
 
