@@ -4,18 +4,15 @@ exported, every path measured in rounds of fresh processes, the same
 detections and masks from each, and the report's table and verdict."""
 import os
 import os.path as osp
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-
 
 @pytest.mark.slow
 def test_large_image_rounds_measure_every_path(overfit, tmp_path):
+    # tools/ is on sys.path (tests/conftest.py)
     from analysis_tools.benchmark import large_image
     from analysis_tools.benchmark.deploy_report import large_image_lines
     image = str(tmp_path / 'src.png')
